@@ -1,0 +1,61 @@
+"""cleandift-rt: noise-free Stable Diffusion features (CleanDIFT) in one pass, and fast matching.
+
+    >>> from cleandift_rt import FeatureExtractor
+    >>> fx = FeatureExtractor.from_pretrained("sd21", taps=("us6",))
+    >>> result = fx.match("a.jpg", "b.jpg", [(120, 80), (300, 210)])
+
+Names are imported on first use, so ``import cleandift_rt`` (and the CLI) start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CleanDIFTError": "errors",
+    "FeatureExtractor": "extractor",
+    "Features": "extractor",
+    "MatchResult": "extractor",
+    "ImageTransform": "imaging",
+    "load_image": "imaging",
+    "prepare_image": "imaging",
+    "PixelGrid": "matching",
+    "cosine_argmax": "matching",
+    "sample_descriptors": "matching",
+    "load_model": "models",
+}
+__all__ = [
+    "CleanDIFTError",
+    "FeatureExtractor",
+    "Features",
+    "ImageTransform",
+    "MatchResult",
+    "PixelGrid",
+    "cosine_argmax",
+    "load_image",
+    "load_model",
+    "prepare_image",
+    "sample_descriptors",
+]
+
+if TYPE_CHECKING:
+    from .errors import CleanDIFTError
+    from .extractor import FeatureExtractor, Features, MatchResult
+    from .imaging import ImageTransform, load_image, prepare_image
+    from .matching import PixelGrid, cosine_argmax, sample_descriptors
+    from .models import load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cleandift_rt' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

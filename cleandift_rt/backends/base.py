@@ -1,0 +1,46 @@
+"""The runner interface every backend implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..errors import InputSizeError
+from ..models.featurenet import INPUT_MULTIPLE
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Executes one FeatureNet function.
+
+    taps: output names in order; strides / channels: per tap; input_size: (H, W) the runner
+    accepts, or None for any multiple of 64; device: where outputs live.
+    """
+
+    taps: tuple[str, ...]
+    strides: dict[str, int]
+    channels: dict[str, int]
+    input_size: tuple[int, int] | None
+    device: torch.device
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 (B, H, W, 3) → {tap: (B, C, H / stride, W / stride)}."""
+        ...
+
+
+def check_batch(images: np.ndarray | torch.Tensor, input_size: tuple[int, int] | None) -> None:
+    """Raise InputSizeError unless ``images`` is a uint8 (B, H, W, 3) batch the runner takes."""
+    shape, dtype = tuple(images.shape), images.dtype
+    if len(shape) != 4 or shape[-1] != 3 or shape[0] < 1:
+        raise InputSizeError(f"expected a uint8 batch (B, H, W, 3), got shape {shape}")
+    if dtype not in (np.uint8, torch.uint8):
+        raise InputSizeError(f"expected uint8 images, got {dtype}")
+    h, w = shape[1:3]
+    if input_size is not None and (h, w) != tuple(input_size):
+        raise InputSizeError(
+            f"input is {h}x{w} but this model takes {input_size[0]}x{input_size[1]} (H x W)"
+        )
+    if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE or h == 0 or w == 0:
+        raise InputSizeError(f"input {h}x{w} is not a multiple of {INPUT_MULTIPLE} px")

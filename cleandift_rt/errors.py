@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Every error a user can cause with bad input (a missing image, an unknown tap, an offline hub id,
+...) is a :class:`CleanDIFTError`. The CLI prints such errors as one ``error: ...`` line and exits
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CleanDIFTError(Exception):
+    """Base class of errors caused by the caller's input or environment (CLI exit status 2)."""
+
+
+class ImageError(CleanDIFTError):
+    """An image cannot be read, decoded or used (missing file, corrupt data, bad shape)."""
+
+
+class TapError(CleanDIFTError):
+    """An unknown or unavailable feature tap name."""
+
+
+class ModelError(CleanDIFTError):
+    """A model cannot be found, downloaded or loaded."""
+
+
+class InputSizeError(CleanDIFTError):
+    """An input whose size the model or artifact cannot take."""
+
+
+class MatchError(CleanDIFTError):
+    """Bad matching input: empty or out-of-range points, NaN/Inf features, mismatched channels."""

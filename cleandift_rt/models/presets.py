@@ -1,0 +1,61 @@
+"""Named models: CleanDIFT students, their Stable Diffusion bases, and the offline `tiny` model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLEANDIFT_REPO = "CompVis/cleandift"
+SD21_REPO = "stabilityai/stable-diffusion-2-1"
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_TIMESTEP = 261.0  # CleanDIFT's initial student timestep; released weights run at it
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model.
+
+    base: hub id of the Stable Diffusion pipeline giving the VAE, configs and text encoder
+        (None for models built offline); unet_file: (repo, file) of CleanDIFT ``*_unet``
+        weights replacing the base U-Net, or None for the plain base U-Net.
+    resolution: the square input size the model was trained for (px).
+    """
+
+    name: str
+    description: str
+    base: str | None
+    unet_file: tuple[str, str] | None
+    resolution: int
+    timestep: float = DEFAULT_TIMESTEP
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "sd21",
+            "CleanDIFT student of SD 2.1 (CompVis/cleandift)",
+            SD21_REPO,
+            (CLEANDIFT_REPO, "cleandift_sd21_unet.safetensors"),
+            768,
+        ),
+        Preset(
+            "sd15",
+            "CleanDIFT student of SD 1.5 (CompVis/cleandift)",
+            SD15_REPO,
+            (CLEANDIFT_REPO, "cleandift_sd15_unet.safetensors"),
+            512,
+        ),
+        Preset("sd21-base", "plain SD 2.1 U-Net (DIFT baseline)", SD21_REPO, None, 768),
+        Preset("sd15-base", "plain SD 1.5 U-Net (DIFT baseline)", SD15_REPO, None, 512),
+        Preset(
+            "tiny",
+            "tiny SD-shaped model with fixed-seed random weights (plumbing and tests only)",
+            None,
+            None,
+            256,
+        ),
+    )
+}
+
+# U-Net cross-attention width → base preset, to recognise a bare `*_unet.safetensors` file
+BASE_BY_CROSS_DIM = {1024: "sd21-base", 768: "sd15-base"}

@@ -1,0 +1,26 @@
+"""The `tiny` model: an SD 2.1-shaped VAE + U-Net with fixed-seed random weights, built offline.
+
+Random weights give features that do not match real photos; `tiny` exercises the plumbing
+(shapes, taps, truncation, export, matching code) in milliseconds, never feature quality.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .configs import CONTEXT_TOKENS, scaled_unet_config, scaled_vae_config
+
+TINY_SEED = 0
+TINY_WIDTH = 32  # U-Net widths (32, 64, 64, 64); VAE widths (16, 32, 32, 32)
+TINY_CONTEXT_DIM = 32
+
+
+def build_tiny(seed: int = TINY_SEED) -> tuple[UNet2DConditionModel, AutoencoderKL, torch.Tensor]:
+    """(unet, vae, context (1, 77, 32)) with weights drawn from ``seed``; global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**scaled_unet_config("sd21", TINY_WIDTH, TINY_CONTEXT_DIM))
+        vae = AutoencoderKL(**scaled_vae_config(TINY_WIDTH // 2))
+        context = torch.randn(1, CONTEXT_TOKENS, TINY_CONTEXT_DIM)
+    return unet.eval(), vae.eval(), context

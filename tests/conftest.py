@@ -1,0 +1,39 @@
+"""Shared fixtures: small SD-shaped models built offline with fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own prompt-embedding cache."""
+    monkeypatch.setenv("CLEANDIFT_RT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from cleandift_rt.models import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def sd_shaped_unet():
+    """Factory of width-32 U-Nets with the block layout of SD 2.1 ("sd21") or SD 1.5 ("sd15"),
+    cross-attention width 48, weights from ``seed``."""
+    from diffusers import UNet2DConditionModel
+
+    from cleandift_rt.models.configs import scaled_unet_config
+
+    def make(kind: str, seed: int = 0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return UNet2DConditionModel(**scaled_unet_config(kind, 32, 48)).eval()
+
+    return make
