@@ -197,11 +197,13 @@ def extract(
     from .imaging import image_name
     from .models.checkpoint import atomic_save
 
-    if not out.endswith(".safetensors"):
+    if not out.lower().endswith(".safetensors"):
         raise CleanDIFTError(f"--out must be a .safetensors file, got '{out}'")
     for image in images:  # fail before loading a model; decoding errors come per image later
-        if not Path(image).is_file():
+        if not Path(image).exists():
             raise CleanDIFTError(f"cannot read image '{image}': no such file")
+        if not Path(image).is_file():
+            raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
     start = time.perf_counter()
     fx = _extractor(model, base, resolution, policy, device, dtype, timestep, taps)
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
@@ -248,6 +250,14 @@ def parse_points(text: str) -> list[tuple[float, float]]:
     return points
 
 
+def check_points_inside(points: list, size: tuple[int, int]) -> None:
+    """CleanDIFTError naming the first point that is not finite or not inside an (H, W) image."""
+    h, w = size
+    for x, y in points:
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):  # False for NaN too
+            raise CleanDIFTError(f"point ({x:g}, {y:g}) is outside the {w}x{h} source image")
+
+
 @cli.command()
 @click.argument("source")
 @click.argument("target")
@@ -292,6 +302,7 @@ def match(
         from .demo import grid_points
 
         pts = grid_points(src.shape[:2], grid).tolist()
+    check_points_inside(pts, src.shape[:2])
     fx = _extractor(model, base, resolution, policy, device, dtype, timestep, taps)
     result = fx.match(src, tgt, pts)
     payload = {"source": source, "target": target, "model": fx.model_name, **result.to_dict()}

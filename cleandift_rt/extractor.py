@@ -162,7 +162,7 @@ class FeatureExtractor:
         runner = TorchRunner(loaded.feature_net(taps))
         return cls(
             runner,
-            resolution=resolution or loaded.resolution,
+            resolution=resolution if resolution is not None else loaded.resolution,
             policy=policy,
             model_name=loaded.name,
             description=loaded.description,
