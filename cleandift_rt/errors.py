@@ -8,6 +8,12 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 class CleanDIFTError(Exception):
     """Base class of errors caused by the caller's input or environment (CLI exit status 2)."""
 

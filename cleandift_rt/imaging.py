@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cleandift_rt.errors import CleanDIFTError, ImageError, InputSizeError
+from cleandift_rt.errors import CleanDIFTError, ImageError, InputSizeError, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +121,7 @@ def load_image(source: ImageSource) -> np.ndarray:
         except MemoryError:
             raise
         except Exception as exc:  # Pillow raises many types on bad data
-            raise ImageError(f"cannot decode image '{name}': {_one_line(exc)}") from exc
+            raise ImageError(f"cannot decode image '{name}': {one_line(exc)}") from exc
     raise ImageError(
         f"unsupported image input of type {type(source).__name__}: "
         "expected a path, a numpy array, a torch tensor or a PIL image"
@@ -153,7 +153,7 @@ def _load_path(source: str | os.PathLike[str]) -> np.ndarray:
             f"cannot decode image '{shown}': unrecognised format or corrupt data"
         ) from exc
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad data
-        raise ImageError(f"cannot decode image '{shown}': {_one_line(exc)}") from exc
+        raise ImageError(f"cannot decode image '{shown}': {one_line(exc)}") from exc
 
 
 def _exif_transpose(img: Image.Image) -> Image.Image:
@@ -254,12 +254,6 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     return _from_array(arr, "tensor")
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's message collapsed to one line (its type name if it has none)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 # --------------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------------
@@ -358,7 +352,7 @@ class ImageTransform:
                 offset=tuple(data.get("offset", (0.0, 0.0))),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CleanDIFTError(f"bad image transform {dict(data)!r}: {_one_line(exc)}") from exc
+            raise CleanDIFTError(f"bad image transform {dict(data)!r}: {one_line(exc)}") from exc
 
 
 @dataclass(frozen=True, eq=False)

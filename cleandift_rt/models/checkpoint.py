@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import ModelError
+from ..errors import ModelError, one_line
 from .presets import BASE_BY_CROSS_DIM, DEFAULT_TIMESTEP
 
 UNET_FORMAT = "cleandift-rt.unet"
@@ -110,8 +110,7 @@ def read_student_file(path: str | Path) -> StudentWeights:
     except FileNotFoundError:
         raise ModelError(f"model file '{path}' does not exist") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot read '{path}' as safetensors: {reason}") from None
+        raise ModelError(f"cannot read '{path}' as safetensors: {one_line(exc)}") from None
 
     full = meta.get("format") == STUDENT_FORMAT or any(k.startswith("unet.") for k in tensors)
     if full:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ModelError, one_line
 
 # Files a diffusers SD pipeline needs for feature extraction (text encoder fetched separately).
 PIPELINE_PATTERNS = ["model_index.json", "unet/config.json", "vae/config.json"]
@@ -33,11 +33,6 @@ def _offline_hint(repo: str) -> str:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def snapshot(repo: str, patterns: list[str]) -> Path:
     """Local folder of ``repo`` holding at least the files matching ``patterns`` (downloaded
     into the Hugging Face cache when missing). Any failure → ModelError, one line."""
@@ -47,7 +42,7 @@ def snapshot(repo: str, patterns: list[str]) -> Path:
         return Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated, HTTP errors: all user-facing
         raise ModelError(
-            f"cannot get '{repo}' from the hub ({_first_line(exc)}); " + _offline_hint(repo)
+            f"cannot get '{repo}' from the hub ({one_line(exc)}); " + _offline_hint(repo)
         ) from None
 
 
@@ -60,7 +55,7 @@ def hub_file(repo: str, filename: str) -> Path:
     except Exception as exc:
         raise ModelError(
             f"cannot get '{filename}' of '{repo}' from the hub "
-            f"({_first_line(exc)}); " + _offline_hint(repo)
+            f"({one_line(exc)}); " + _offline_hint(repo)
         ) from None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ..errors import ModelError
+from ..errors import ModelError, one_line
 from .checkpoint import read_student_file
 from .dift import DIFT_ENSEMBLE, DIFT_TIMESTEP, DIFTExtractor
 from .featurenet import FeatureNet, build_feature_net
@@ -148,8 +148,7 @@ def _from_pretrained(cls, folder: Path, subfolder: str):
             folder, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False
         ).eval()
     except (OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load {subfolder}/ of '{folder}': {reason}") from None
+        raise ModelError(f"cannot load {subfolder}/ of '{folder}': {one_line(exc)}") from None
 
 
 def _load_folder(
