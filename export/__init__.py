@@ -1,0 +1,9 @@
+"""Export a FeatureNet (uint8 NHWC images → named taps) to ONNX, TensorRT engines or
+AOTInductor packages, with a metadata sidecar and validation against PyTorch fp32.
+
+Imports ``cleandift_rt``; the runtime never imports this package (the CLI loads it lazily).
+"""
+
+from .build import ExportError, ExportOptions, export_model
+
+__all__ = ["ExportError", "ExportOptions", "export_model"]

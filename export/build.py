@@ -1,0 +1,193 @@
+"""`cleandift-rt export`: load a model, build its FeatureNet, write an artifact, validate it.
+
+Stages: load → reference (fp32 PyTorch on real photos) → precision policy → write artifact →
+validate (the artifact through its runtime loader vs the reference) → publish. Everything is
+built in a staging directory inside ``--out``; only a validated artifact and its sidecar are
+moved into place, so a failed or interrupted export leaves no artifact behind.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cleandift_rt import __version__
+from cleandift_rt.artifacts import ArtifactMetadata, TapOutput, weights_sha256, write_sidecar
+from cleandift_rt.errors import CleanDIFTError
+from cleandift_rt.extractor import DTYPES, resolve_device
+from cleandift_rt.models import INPUT_MULTIPLE, load_model
+
+from .precision import apply_precision_policy
+from .validate import compare, failures, validation_images
+
+EXTENSIONS = {"onnx": ".onnx", "engine": ".engine", "aoti": ".pt2"}
+
+
+class ExportError(CleanDIFTError):
+    """The export failed (bad options, or an artifact that does not validate)."""
+
+
+@dataclass
+class ExportOptions:
+    """What to export. batch: smallest batch; max_batch: largest (None → a fixed batch)."""
+
+    model: str = "tiny"
+    taps: tuple[str, ...] = ("us6",)
+    height: int = 256
+    width: int = 256
+    batch: int = 1
+    max_batch: int | None = None
+    precision: str = "fp16"
+    format: str = "onnx"
+    out: str = "artifacts"
+    base: str | None = None
+    device: str = "auto"
+    opset: int = 17
+    workspace_gib: float | None = None  # TensorRT builder workspace limit
+    opt_level: int = 3  # TensorRT builder optimisation level (0-5)
+    timing_cache: str | None = None  # TensorRT timing cache file (read and updated)
+    validate: bool = True
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        return (self.batch, self.max_batch or self.batch)
+
+    def check(self) -> None:
+        if self.format not in EXTENSIONS:
+            raise ExportError(f"unknown format '{self.format}' (onnx, engine, aoti)")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ExportError(f"unknown precision '{self.precision}' (fp32, fp16, bf16)")
+        for side in (self.height, self.width):
+            if side <= 0 or side % INPUT_MULTIPLE:
+                raise ExportError(f"height and width must be positive multiples of "
+                                  f"{INPUT_MULTIPLE}, got {self.height}x{self.width}")  # fmt: skip
+        if self.batch < 1 or (self.max_batch is not None and self.max_batch < self.batch):
+            raise ExportError(f"need 1 <= batch <= max-batch, got {self.batch}, {self.max_batch}")
+
+    def file_name(self, model_name: str) -> str:
+        stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}-{self.height}x{self.width}"
+        return f"{stem}-{self.precision}{EXTENSIONS[self.format]}"
+
+    def command(self) -> str:
+        """The CLI command that rebuilds this artifact."""
+        args = ["cleandift-rt", "export", "--model", self.model, "--taps", ",".join(self.taps),
+                "--height", str(self.height), "--width", str(self.width), "--batch",
+                str(self.batch), "--precision", self.precision, "--format", self.format,
+                "--out", self.out]  # fmt: skip
+        if self.max_batch:
+            args += ["--max-batch", str(self.max_batch)]
+        if self.base:
+            args += ["--base", self.base]
+        return shlex.join(args)
+
+
+def _writer(fmt: str):
+    """The function writing one format: (net, path, options, meta) → files written."""
+    if fmt == "onnx":
+        from .onnx_export import write_onnx
+
+        return lambda net, path, o, meta: write_onnx(
+            net, path, o.height, o.width, o.batch_range, o.opset
+        )
+    if fmt == "aoti":
+        from .aoti_export import write_aoti
+
+        return lambda net, path, o, meta: write_aoti(net, path, o.height, o.width, o.batch_range)
+    from .tensorrt_build import write_engine
+
+    return write_engine
+
+
+def export_model(
+    options: ExportOptions, log: Callable[[str], None] = print
+) -> tuple[Path, ArtifactMetadata]:
+    """Export, validate and publish an artifact; returns its path and metadata."""
+    from cleandift_rt.runtime import load_runtime
+
+    options.check()
+    stages = 5 if options.validate else 4
+    clock = {"step": 0}
+
+    def stage(text: str, start: float) -> None:
+        clock["step"] += 1
+        log(f"[{clock['step']}/{stages}] {text} ({time.perf_counter() - start:.1f} s)")
+
+    device = resolve_device(options.device)
+    if options.format in ("engine",) and device.type != "cuda":
+        raise ExportError("TensorRT engines are built on a CUDA GPU (use --device cuda)")
+
+    t = time.perf_counter()
+    loaded = load_model(options.model, base=options.base).to(device, torch.float32)
+    net = loaded.feature_net(options.taps)
+    options.taps = net.taps
+    stage(f"loaded {loaded.name}: taps {', '.join(net.taps)}", t)
+
+    t = time.perf_counter()
+    images = validation_images(options.height, options.width, count=max(2, options.batch))
+    with torch.inference_mode():
+        reference = dict(zip(net.taps, net(torch.from_numpy(images).to(device))))
+    stage(f"PyTorch fp32 reference on {len(images)} photos", t)
+
+    apply_precision_policy(net, DTYPES[options.precision])
+    meta = ArtifactMetadata(
+        format=options.format,
+        artifact=options.file_name(loaded.name),
+        model=loaded.name,
+        weights_sha256=weights_sha256(net),
+        timestep=float(net.timestep),
+        taps=[TapOutput(s.name, s.channels, s.stride) for s in net.unet.specs],
+        height=options.height,
+        width=options.width,
+        batch=options.batch_range,
+        precision=options.precision,
+        producer={"cleandift_rt": __version__, "torch": torch.__version__},
+        build={"opset": options.opset, "device": str(device)},
+        rebuild=options.command(),
+    )
+
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        t = time.perf_counter()
+        artifact = staging / meta.artifact
+        files = _writer(options.format)(net, artifact, options, meta)
+        write_sidecar(artifact, meta)
+        size = sum(f.stat().st_size for f in files) / 2**20
+        stage(f"wrote {options.format} ({size:.1f} MiB)", t)
+
+        if options.validate:
+            t = time.perf_counter()
+            runtime = load_runtime(artifact, device=device)
+            outputs = {}
+            for start in range(0, len(images), options.batch_range[1]):
+                batch = images[start : start + options.batch_range[1]]
+                if len(batch) < options.batch_range[0]:
+                    break
+                for tap, value in runtime.runner(batch).items():
+                    outputs.setdefault(tap, []).append(value.float().cpu())
+            outputs = {k: torch.cat(v) for k, v in outputs.items()}
+            ref = {k: v[: len(outputs[k])] for k, v in reference.items()}
+            meta.validation = compare(ref, outputs)
+            bad = failures(meta.validation, options.precision)
+            worst = min(r["cosine"] for r in meta.validation.values())
+            stage(f"validated against PyTorch fp32: min cosine {worst:.6f}", t)
+            if bad:
+                raise ExportError("artifact failed validation: " + "; ".join(bad))
+            write_sidecar(artifact, meta)
+
+        t = time.perf_counter()
+        final = out / meta.artifact
+        for f in [*files, artifact.with_name(artifact.name + ".json")]:
+            f.replace(out / f.name)
+        stage(f"published {final}", t)
+        return final, meta
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
