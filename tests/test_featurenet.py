@@ -177,3 +177,34 @@ def test_low_precision_runs_without_nan_and_close_to_fp32(dtype):
         assert o.dtype == dtype and torch.isfinite(o).all()
         cos = torch.nn.functional.cosine_similarity(r.flatten(1), o.float().flatten(1))
         assert (cos > 0.99).all()
+
+
+def test_sd21_architecture_flops_match_the_published_counts():
+    """FACTS.md (torch.utils.flop_counter, SD 2.1): VAE enc 2609, U-Net→us6 1126, full U-Net
+    2149 GFLOP at 768²; counted here on meta tensors (shapes only, no arithmetic)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from cleandift_rt.models import build_feature_net
+    from cleandift_rt.models.configs import SD21_UNET, SD_VAE
+
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD_VAE)
+        context = torch.zeros(1, 77, 1024)
+        image = torch.zeros(1, 768, 768, 3, dtype=torch.uint8)
+        latent = torch.zeros(1, 4, 96, 96)
+    net = build_feature_net(vae, unet, context, 261.0, ["us6"])
+    total, by_module = count_flops(lambda: net(image))
+    vae_flops = sum(by_module["FeatureNet.encoder"].values())
+    full, _ = count_flops(lambda: unet(latent, 261, encoder_hidden_states=context))
+    gflop = {"vae": vae_flops / 1e9, "unet_us6": (total - vae_flops) / 1e9, "full": full / 1e9}
+    assert gflop["vae"] == pytest.approx(2609, abs=1)
+    assert gflop["unet_us6"] == pytest.approx(1126, abs=1)
+    assert gflop["full"] == pytest.approx(2149, abs=1)
+
+
+def test_unknown_random_architecture():
+    from cleandift_rt.errors import ModelError
+    from cleandift_rt.models import load_model
+
+    with pytest.raises(ModelError, match="random:sd21"):
+        load_model("random:sd3")

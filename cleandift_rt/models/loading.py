@@ -20,7 +20,9 @@ from .featurenet import FeatureNet, build_feature_net
 from .hub import PIPELINE_PATTERNS, WEIGHT_PATTERNS, hub_file, looks_like_repo_id, snapshot
 from .presets import DEFAULT_TIMESTEP, PRESETS, Preset
 from .prompt import cached_embedding, compute_embedding, stored_embedding
-from .tiny import build_tiny
+from .tiny import build_random_sd, build_tiny
+
+RANDOM_PREFIX = "random:"  # random:sd21, random:sd15 — full architectures, random weights
 
 
 @dataclass
@@ -74,7 +76,8 @@ def load_model(
     prompt: str = "",
 ) -> LoadedModel:
     """Load ``model``: a preset name (``sd21``, ``sd15``, ``sd21-base``, ``sd15-base``,
-    ``tiny``), a local diffusers SD folder, a hub id, or a CleanDIFT ``.safetensors`` file
+    ``tiny``), ``random:sd21`` / ``random:sd15`` (full architecture, random weights, for
+    benchmarks), a local diffusers SD folder, a hub id, or a CleanDIFT ``.safetensors`` file
     (``*_unet`` or a full student checkpoint; ``base`` names its base model when the file does
     not). ``timestep`` overrides the U-Net timestep; ``prompt`` selects the conditioning text.
     Returns the model on the CPU in float32. Raises ModelError (one line) on any failure.
@@ -86,6 +89,21 @@ def load_model(
 
 
 def _load(name: str, base: str | None, prompt: str, unet_weights: bool) -> LoadedModel:
+    if name.startswith(RANDOM_PREFIX):
+        arch = name[len(RANDOM_PREFIX) :]
+        if arch not in ("sd21", "sd15"):
+            raise ModelError(f"unknown architecture in '{name}' (random:sd21, random:sd15)")
+        unet, vae, context = build_random_sd(arch)
+        resolution = 8 * int(unet.config.sample_size)
+        return LoadedModel(
+            name,
+            unet,
+            vae,
+            context,
+            DEFAULT_TIMESTEP,
+            resolution,
+            f"SD {arch[2]}.{arch[3]} architecture, random weights (benchmarks)",
+        )
     if name in PRESETS:
         return _load_preset(PRESETS[name], prompt, unet_weights)
     path = Path(name).expanduser()
