@@ -146,9 +146,11 @@ class FeatureExtractor:
         base: str | None = None,
         timestep: float | None = None,
         prompt: str = "",
+        compile: str | None = None,
     ) -> FeatureExtractor:
         """Load ``model`` (preset, folder, hub id or safetensors file; see ``load_model``) and
-        build its FeatureNet for ``taps``. Exported artifacts load with ``load_runtime``."""
+        build its FeatureNet for ``taps``. ``compile``: a torch.compile mode for the PyTorch
+        backend (see ``TorchRunner``). Exported artifacts load with ``load_runtime``."""
         from .models import load_model
 
         if backend != "torch":
@@ -159,7 +161,7 @@ class FeatureExtractor:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
-        runner = TorchRunner(loaded.feature_net(taps))
+        runner = TorchRunner(loaded.feature_net(taps), compile=compile)
         return cls(
             runner,
             resolution=resolution if resolution is not None else loaded.resolution,

@@ -208,3 +208,18 @@ def test_unknown_random_architecture():
 
     with pytest.raises(ModelError, match="random:sd21"):
         load_model("random:sd3")
+
+
+def test_channels_last_runner_equals_default():
+    import numpy as np
+
+    from cleandift_rt.backends import TorchRunner
+    from cleandift_rt.models import load_model
+
+    tiny = load_model("tiny")  # channels_last re-lays out the (shared) weights in place
+    x = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    plain = TorchRunner(tiny.feature_net(["us6"]), channels_last=False)(x)["us6"]
+    nhwc = TorchRunner(tiny.feature_net(["us6"]), channels_last=True)(x)["us6"]
+    torch.testing.assert_close(nhwc, plain, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="compile mode"):
+        TorchRunner(tiny.feature_net(["us6"]), compile="fastest")
