@@ -178,6 +178,12 @@ class FeatureExtractor:
     def strides(self) -> dict[str, int]:
         return self.runner.strides
 
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """(smallest, largest) batch the runner takes: an artifact's exported range, or any."""
+        meta = getattr(self.runner, "meta", None)
+        return tuple(meta.batch) if meta is not None else (1, 2**31 - 1)
+
     def prepare(self, images: Any) -> list[PreparedImage]:
         """Decode and resize/pad images; fit-policy images are padded to one common size."""
         prepared = [prepare_image(im, self.size, self.policy) for im in as_image_list(images)]
@@ -193,12 +199,17 @@ class FeatureExtractor:
         Returns maps {tap: (N, C, h, w)} in the runner's dtype on its device.
         """
         prepared = self.prepare(images)
+        lo, hi = self.batch_range
+        batch_size = max(lo, min(batch_size, hi))
         chunks: dict[str, list[torch.Tensor]] = {t: [] for t in self.taps}
         starts = range(0, len(prepared), batch_size)
         for start in tqdm(starts, desc="extract", unit="batch", disable=not progress):
             batch = np.stack([p.array for p in prepared[start : start + batch_size]])
+            n = len(batch)
+            if n < lo:  # an artifact's smallest batch: pad with copies, drop their outputs
+                batch = np.concatenate([batch, np.repeat(batch[-1:], lo - n, axis=0)])
             for tap, out in self.runner(batch).items():
-                chunks[tap].append(out)
+                chunks[tap].append(out[:n])
         maps = {t: torch.cat(c) if len(c) > 1 else c[0] for t, c in chunks.items()}
         return Features(maps, [p.transform for p in prepared], dict(self.strides))
 

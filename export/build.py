@@ -70,6 +70,10 @@ class ExportOptions:
                                   f"{INPUT_MULTIPLE}, got {self.height}x{self.width}")  # fmt: skip
         if self.batch < 1 or (self.max_batch is not None and self.max_batch < self.batch):
             raise ExportError(f"need 1 <= batch <= max-batch, got {self.batch}, {self.max_batch}")
+        if not 0 <= self.opt_level <= 5:
+            raise ExportError(f"--opt-level must be 0..5, got {self.opt_level}")
+        if self.workspace_gib is not None and self.workspace_gib <= 0:
+            raise ExportError(f"--workspace must be positive (GiB), got {self.workspace_gib}")
 
     def file_name(self, model_name: str) -> str:
         stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}-{self.height}x{self.width}"
@@ -85,6 +89,12 @@ class ExportOptions:
             args += ["--max-batch", str(self.max_batch)]
         if self.base:
             args += ["--base", self.base]
+        if self.format == "engine":
+            args += ["--opt-level", str(self.opt_level)]
+            if self.workspace_gib is not None:
+                args += ["--workspace", str(self.workspace_gib)]
+            if self.timing_cache:
+                args += ["--timing-cache", self.timing_cache]
         return shlex.join(args)
 
 

@@ -212,3 +212,15 @@ def test_export_cli_json_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
     assert not (tmp_path / "x").exists()
+
+
+def test_extractor_fits_batches_to_the_artifact_range(tmp_path, reference):
+    """5 images through an artifact taking 2..3 per batch: chunks of 3, the last padded."""
+    options = ExportOptions(model="tiny", taps=TAPS, height=SIZE, width=SIZE, batch=2,
+                            max_batch=3, precision="fp32", out=str(tmp_path), device="cpu",
+                            validate=False)  # fmt: skip
+    path, _ = export_model(options, log=lambda _: None)
+    images = list(photos(3)) + list(photos(2))
+    feats = load_runtime(path)(images, batch_size=8)
+    assert feats["us6"].shape[0] == 5
+    torch.testing.assert_close(feats["us6"][3:5], reference["us6"][:2], rtol=1e-4, atol=1e-4)
