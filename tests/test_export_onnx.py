@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from cleandift_rt.artifacts import ArtifactError, read_sidecar, sidecar_path  # noqa: E402
-from cleandift_rt.errors import InputSizeError  # noqa: E402
-from cleandift_rt.imaging import prepare_image  # noqa: E402
-from cleandift_rt.models import load_model  # noqa: E402
-from cleandift_rt.runtime import load_runtime  # noqa: E402
-from export import ExportError, ExportOptions, export_model  # noqa: E402
+from cleandift_rt.artifacts import ArtifactError, read_sidecar, sidecar_path
+from cleandift_rt.errors import InputSizeError
+from cleandift_rt.imaging import prepare_image
+from cleandift_rt.models import load_model
+from cleandift_rt.runtime import load_runtime
+from export import ExportError, ExportOptions, export_model
 
 TAPS = ("us6", "mid")
 SIZE = 128
