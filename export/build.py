@@ -76,7 +76,9 @@ class ExportOptions:
             raise ExportError(f"--workspace must be positive (GiB), got {self.workspace_gib}")
 
     def file_name(self, model_name: str) -> str:
-        stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}-{self.height}x{self.width}"
+        lo, hi = self.batch_range
+        batch = f"b{lo}" if lo == hi else f"b{lo}-{hi}"
+        stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}-{self.height}x{self.width}-{batch}"
         return f"{stem}-{self.precision}{EXTENSIONS[self.format]}"
 
     def command(self) -> str:

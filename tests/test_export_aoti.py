@@ -230,3 +230,24 @@ def test_package_from_another_torch_version_is_refused(exported, tmp_path):
     with pytest.raises(ArtifactError, match=r"compiled with torch 1\.0\.0.*rebuild: ") as info:
         load_runner(copy, "cpu")
     assert "\n" not in str(info.value)
+
+
+def test_static_batch_package(reference_net, tmp_path):
+    """A fixed batch of 1 (the common deployment shape) compiles and matches PyTorch: inductor
+    constant-folds the baked timestep there, which a dynamic batch does not exercise."""
+    import torch._inductor.config
+
+    from export.build import ExportOptions, export_model
+
+    options = ExportOptions(model="tiny", taps=TAPS, height=SIZE[0], width=SIZE[1], batch=1,
+                            precision="fp32", format="aoti", out=str(tmp_path), device="cpu",
+                            validate=False)  # fmt: skip
+    with torch._inductor.config.patch(FAST_COMPILE):
+        path, meta = export_model(options, log=lambda _: None)
+    assert meta.batch == (1, 1)
+    images = photos(1)
+    got = load_runner(path, "cpu")(images)
+    with torch.inference_mode():
+        want = reference_net(torch.from_numpy(images))
+    for tap, ref in zip(TAPS, want):
+        assert (got[tap] - ref).abs().max() / ref.abs().max() < 1e-4

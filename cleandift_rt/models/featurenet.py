@@ -72,7 +72,8 @@ class FeatureNet(nn.Module):
         self.encoder = encoder
         self.unet = unet
         self.register_buffer("context", context.detach().clone(), persistent=True)
-        self.register_buffer("timestep", torch.tensor(float(timestep)), persistent=True)
+        # shape (1,): expands to the batch in every exporter (a 0-dim constant trips inductor)
+        self.register_buffer("timestep", torch.tensor([float(timestep)]), persistent=True)
 
     @property
     def taps(self) -> tuple[str, ...]:

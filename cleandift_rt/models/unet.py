@@ -59,7 +59,7 @@ class TruncatedUNet(nn.Module):
 
     def time_embed(self, timestep: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
         """Timestep () or (B,) → embedding (B, 4·C0), as ``UNet2DConditionModel.get_time_embed``."""
-        t = timestep.reshape(-1).expand(batch) if timestep.dim() == 0 else timestep.expand(batch)
+        t = (timestep[None] if timestep.dim() == 0 else timestep).expand(batch)  # → (B,)
         emb = self.time_proj(t).to(dtype=dtype)  # Timesteps returns fp32
         emb = self.time_embedding(emb)
         if self.time_embed_act is not None:
