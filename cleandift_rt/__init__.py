@@ -24,6 +24,7 @@ _EXPORTS = {
     "prepare_image": "imaging",
     "PixelGrid": "matching",
     "cosine_argmax": "matching",
+    "cosine_argmax_fast": "matching",
     "sample_descriptors": "matching",
     "load_model": "models",
 }
@@ -35,6 +36,7 @@ __all__ = [
     "MatchResult",
     "PixelGrid",
     "cosine_argmax",
+    "cosine_argmax_fast",
     "load_image",
     "load_model",
     "prepare_image",
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from .errors import CleanDIFTError
     from .extractor import FeatureExtractor, Features, MatchResult
     from .imaging import ImageTransform, load_image, prepare_image
-    from .matching import PixelGrid, cosine_argmax, sample_descriptors
+    from .matching import PixelGrid, cosine_argmax, cosine_argmax_fast, sample_descriptors
     from .models import load_model
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .backends import Runner, TorchRunner
 from .errors import CleanDIFTError, MatchError
 from .imaging import ImageTransform, PreparedImage, pad_to, prepare_image
-from .matching import PixelGrid, cosine_argmax, sample_descriptors
+from .matching import PixelGrid, cosine_argmax_fast, sample_descriptors
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -243,5 +243,5 @@ class FeatureExtractor:
         queries = sample_descriptors(
             fmap[source], torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
         )
-        coords, scores = cosine_argmax(queries, fmap[target], grid=features.grid(target, tap))
+        coords, scores = cosine_argmax_fast(queries, fmap[target], grid=features.grid(target, tap))
         return MatchResult(pts, coords.cpu().numpy().astype(np.float64), scores.cpu().numpy(), tap)

@@ -2,7 +2,9 @@
 
 * :class:`PixelGrid` maps output pixel coordinates to feature-cell coordinates.
 * :func:`sample_descriptors` bilinearly samples query descriptors at pixel points.
-* :func:`cosine_argmax` is the exact, memory-bounded DIFT argmax reference.
+* :func:`cosine_argmax` is the exact, memory-bounded DIFT argmax reference;
+  :func:`cosine_argmax_fast` is the same match on the fastest exact backend (fused Triton
+  kernel on CUDA, else the low-resolution torch method :func:`cosine_argmax_lowres`).
 * Descriptor sets (kornia-like index pairs): :func:`nearest`, :func:`mutual_nearest`,
   :func:`ratio_test`, :func:`top_k`.
 * Feature maps (pixel coordinates): :func:`match_points` (optional cycle check),
@@ -22,7 +24,9 @@ from cleandift_rt.matching.api import (
     ratio_test,
     top_k,
 )
+from cleandift_rt.matching.dispatch import cosine_argmax_fast
 from cleandift_rt.matching.grid import PixelGrid
+from cleandift_rt.matching.lowres import cosine_argmax_lowres
 from cleandift_rt.matching.reference import cosine_argmax, sample_descriptors
 
 __all__ = [
@@ -33,6 +37,8 @@ __all__ = [
     "RatioMatches",
     "TopK",
     "cosine_argmax",
+    "cosine_argmax_fast",
+    "cosine_argmax_lowres",
     "dense_matches",
     "match_points",
     "mutual_nearest",

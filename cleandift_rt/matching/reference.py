@@ -41,12 +41,13 @@ def _check_features(t: Tensor, name: str, ndims: tuple[int, ...]) -> None:
         raise MatchError(f"{name} contains NaN or Inf values")
 
 
-def _resolve_grid(
+def resolve_grid(
     feature_size: tuple[int, int],
     out_size: tuple[int, int] | Sequence[int] | None,
     grid: PixelGrid | None,
 ) -> PixelGrid:
-    """Pick the output grid: explicit grid, interpolate-to-out_size, or the feature grid."""
+    """The output grid: explicit ``grid``, the ``F.interpolate`` grid of ``out_size``, or the
+    feature grid itself."""
     if grid is not None and out_size is not None:
         raise MatchError("give either out_size or grid, not both")
     if grid is not None:
@@ -56,6 +57,40 @@ def _resolve_grid(
     if out_size is not None:
         return PixelGrid.interpolate(feature_size, tuple(out_size))  # type: ignore[arg-type]
     return PixelGrid.identity(feature_size)
+
+
+def check_inputs(queries: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Validate ``queries`` / ``target`` (shared by every cosine_argmax backend).
+
+    Returns:
+        ``(queries (B, K, C), target (B, C, h, w), batched)``: views with a batch axis added when
+        the inputs were unbatched.
+
+    Raises:
+        MatchError: bad shapes or dtypes, mismatched batch or channels, NaN/Inf values.
+    """
+    _check_features(target, "target", (3, 4))
+    batched = target.ndim == 4
+    if not isinstance(queries, Tensor):
+        raise MatchError(f"queries must be a torch.Tensor, got {type(queries).__name__}")
+    if queries.ndim != (3 if batched else 2):
+        shape = "(B, K, C)" if batched else "(K, C)"
+        raise MatchError(f"queries must have shape {shape}, got {tuple(queries.shape)}")
+    if batched and queries.shape[0] != target.shape[0]:
+        raise MatchError(
+            f"batch sizes differ: queries {queries.shape[0]}, target {target.shape[0]}"
+        )
+    if queries.shape[-1] != target.shape[-3]:
+        raise MatchError(
+            f"channel mismatch: queries have {queries.shape[-1]}, target has {target.shape[-3]}"
+        )
+    if not queries.is_floating_point():
+        raise MatchError(f"queries must be a floating-point tensor, got {queries.dtype}")
+    if not bool(torch.isfinite(queries).all()):
+        raise MatchError("queries contain NaN or Inf values")
+    if batched:
+        return queries, target, True
+    return queries[None], target[None], False
 
 
 def sample_descriptors(
@@ -212,32 +247,10 @@ def cosine_argmax(
     Raises:
         MatchError: bad shapes or dtypes, mismatched channels, NaN/Inf inputs, bad arguments.
     """
-    _check_features(target, "target", (3, 4))
-    batched = target.ndim == 4
-    if not isinstance(queries, Tensor):
-        raise MatchError(f"queries must be a torch.Tensor, got {type(queries).__name__}")
-    want_q = 3 if batched else 2
-    if queries.ndim != want_q:
-        shape = "(B, K, C)" if batched else "(K, C)"
-        raise MatchError(f"queries must have shape {shape}, got {tuple(queries.shape)}")
-    if batched and queries.shape[0] != target.shape[0]:
-        raise MatchError(
-            f"batch sizes differ: queries {queries.shape[0]}, target {target.shape[0]}"
-        )
-    if queries.shape[-1] != target.shape[-3]:
-        raise MatchError(
-            f"channel mismatch: queries have {queries.shape[-1]}, target has {target.shape[-3]}"
-        )
-    if not queries.is_floating_point():
-        raise MatchError(f"queries must be a floating-point tensor, got {queries.dtype}")
-    if not bool(torch.isfinite(queries).all()):
-        raise MatchError("queries contain NaN or Inf values")
-
-    tgt = target if batched else target[None]
-    qs = queries if batched else queries[None]
+    qs, tgt, batched = check_inputs(queries, target)
     b, c, h, w = tgt.shape
     k = qs.shape[1]
-    g = _resolve_grid((h, w), out_size, grid)
+    g = resolve_grid((h, w), out_size, grid)
     big_h, big_w = g.size
     if band_rows is None:
         band_rows = _auto_band_rows(c, k, big_h, big_w)
