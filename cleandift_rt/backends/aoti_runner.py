@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
-from ..errors import InputSizeError, one_line
-from .base import check_batch
+from ..errors import one_line
+from .base import TORCH_DTYPES, check_artifact_batch
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODEL_NAME = "model"  # AOTInductor's name of the (only) model in a package
 
 
@@ -131,13 +130,7 @@ class AOTIRunner:
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 (B, H, W, 3), B in the artifact's batch range → {tap: (B, C, h, w)} of the
         artifact's dtype on its device."""
-        check_batch(images, self.input_size)
-        lo, hi = self.meta.batch
-        if not lo <= len(images) <= hi:
-            raise InputSizeError(
-                f"batch of {len(images)} but this artifact takes {lo}..{hi}; rebuild: "
-                f"{self.meta.rebuild}"
-            )
+        check_artifact_batch(images, self.meta)
         x = torch.as_tensor(images)
         if self.device.type == "cuda" and not x.is_cuda:
             x = x.pin_memory().to(self.device, non_blocking=True)  # uint8 upload, async

@@ -10,6 +10,9 @@ import torch
 from ..errors import InputSizeError
 from ..models.featurenet import INPUT_MULTIPLE
 
+# artifact precision name → dtype of its outputs
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 @runtime_checkable
 class Runner(Protocol):
@@ -44,3 +47,14 @@ def check_batch(images: np.ndarray | torch.Tensor, input_size: tuple[int, int] |
         )
     if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE or h == 0 or w == 0:
         raise InputSizeError(f"input {h}x{w} is not a multiple of {INPUT_MULTIPLE} px")
+
+
+def check_artifact_batch(images: np.ndarray | torch.Tensor, meta) -> None:
+    """check_batch for an artifact: its fixed input size and exported batch range (the error
+    names the command that rebuilds it)."""
+    check_batch(images, (meta.height, meta.width))
+    lo, hi = meta.batch
+    if not lo <= len(images) <= hi:
+        raise InputSizeError(
+            f"batch of {len(images)} but this artifact takes {lo}..{hi}; rebuild: {meta.rebuild}"
+        )

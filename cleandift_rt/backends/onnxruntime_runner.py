@@ -10,15 +10,14 @@ import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
-from ..errors import CleanDIFTError, InputSizeError, one_line
-from .base import check_batch
+from ..errors import CleanDIFTError, one_line
+from .base import TORCH_DTYPES, check_artifact_batch
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def import_onnxruntime():
@@ -65,13 +64,7 @@ class OnnxRuntimeRunner:
         self.provider = provider
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        check_batch(images, self.input_size)
-        lo, hi = self.meta.batch
-        if not lo <= len(images) <= hi:
-            raise InputSizeError(
-                f"batch of {len(images)} but this artifact takes {lo}..{hi}; rebuild: "
-                f"{self.meta.rebuild}"
-            )
+        check_artifact_batch(images, self.meta)
         if self.device.type == "cuda":
             return self._run_bound(torch.as_tensor(images))
         feed = {self.meta.input_name: np.ascontiguousarray(torch.as_tensor(images).numpy())}

@@ -27,7 +27,7 @@ import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
 from ..errors import CleanDIFTError, InputSizeError, one_line
-from .base import check_batch
+from .base import check_artifact_batch
 
 log = logging.getLogger("cleandift_rt.tensorrt")
 
@@ -313,13 +313,8 @@ class TensorRTRunner:
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 (B, H, W, 3) (host or device) → {tap: (B, C, H/stride, W/stride)} on the
         device, ordered on the caller's current CUDA stream."""
-        check_batch(images, self.input_size)
+        check_artifact_batch(images, self.meta)
         batch = len(images)
-        lo, hi = self.meta.batch
-        if not lo <= batch <= hi:
-            raise InputSizeError(
-                f"batch of {batch} but this artifact takes {lo}..{hi}; rebuild: {self.meta.rebuild}"
-            )
         with torch.cuda.device(self.device):
             stream = torch.cuda.current_stream(self.device)
             slot = self._slot(stream, batch)
