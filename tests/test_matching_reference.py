@@ -7,9 +7,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from naive_pipeline import naive_scores
 
 from cleandift_rt.errors import MatchError
-from cleandift_rt.matching import PixelGrid, cosine_argmax, sample_descriptors
+from cleandift_rt.matching import (
+    PixelGrid,
+    cosine_argmax,
+    cosine_argmax_fast,
+    cosine_argmax_lowres,
+    sample_descriptors,
+)
 from cleandift_rt.matching.grid import bilinear_weights
 from cleandift_rt.matching.reference import _BAND_FLOATS, _auto_band_rows
 
@@ -22,14 +29,6 @@ SCORE_TOL = 1e-5
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def naive_scores(queries: torch.Tensor, target: torch.Tensor, out_size: tuple[int, int]):
-    """Literal pipeline: upsample the whole map, normalise, matmul. Returns (K, H*W) scores."""
-    c = target.shape[0]
-    up = F.interpolate(target[None].float(), out_size, mode="bilinear", align_corners=False)[0]
-    up = F.normalize(up.reshape(c, -1), dim=0)
-    return F.normalize(queries.float(), dim=1) @ up
 
 
 def naive_grid_scores(queries: torch.Tensor, target: torch.Tensor, grid: PixelGrid):
@@ -360,26 +359,31 @@ def test_zero_norm_pixels_and_ties():
     assert bool((coords == 0).all())
 
 
-def test_cosine_argmax_errors():
+@pytest.mark.parametrize("argmax", [cosine_argmax, cosine_argmax_lowres, cosine_argmax_fast])
+def test_cosine_argmax_errors(argmax):
+    """Every backend refuses the same bad input (shared validation)."""
     t = torch.randn(4, 3, 3)
     q = torch.randn(2, 4)
     bad_t = t.clone()
     bad_t[0, 1, 1] = math.nan
     with pytest.raises(MatchError):
-        cosine_argmax(q, bad_t, (9, 9))
+        argmax(q, bad_t, (9, 9))
     bad_q = q.clone()
     bad_q[1, 0] = math.inf
     with pytest.raises(MatchError):
-        cosine_argmax(bad_q, t, (9, 9))
+        argmax(bad_q, t, (9, 9))
     with pytest.raises(MatchError):
-        cosine_argmax(torch.randn(2, 5), t, (9, 9))  # channel mismatch
+        argmax(torch.randn(2, 5), t, (9, 9))  # channel mismatch
     with pytest.raises(MatchError):
-        cosine_argmax(q, t, (9, 9), grid=PixelGrid.interpolate((3, 3), (9, 9)))
+        argmax(q, t, (9, 9), grid=PixelGrid.interpolate((3, 3), (9, 9)))
     with pytest.raises(MatchError):
-        cosine_argmax(q, t, (9, 9), band_rows=0)
+        argmax(q, t[None], (9, 9))  # batched target needs (B, K, C) queries
     with pytest.raises(MatchError):
-        cosine_argmax(q, t[None], (9, 9))  # batched target needs (B, K, C) queries
+        argmax(q[None].expand(3, -1, -1), t[None].expand(2, -1, -1, -1))
     with pytest.raises(MatchError):
-        cosine_argmax(q[None].expand(3, -1, -1), t[None].expand(2, -1, -1, -1))
+        argmax(q.long(), t)
+
+
+def test_band_rows_must_be_positive():
     with pytest.raises(MatchError):
-        cosine_argmax(q.long(), t)
+        cosine_argmax(torch.randn(2, 4), torch.randn(4, 3, 3), (9, 9), band_rows=0)
