@@ -29,14 +29,17 @@ def assert_agrees(
 ):
     """``coords (K, 2)`` / ``scores (K,)`` against the reference (and naive ``(K, H*W)`` scores).
 
-    Scores agree to SCORE_TOL; at most ``max_differ`` of the argmaxes differ (none for K < 1000
-    by default), and with naive scores a differing argmax must be a near-tie there.
+    Scores agree to SCORE_TOL; at most ``max_differ`` of the argmaxes differ (rounded down: none
+    for K < 1000), and with naive scores a differing argmax must be a near-tie there. Naive scores
+    prove such a tie, so then the bound rounds up (one rounding tie in a small query set: fp32
+    GEMM and bilinear evaluation orders differ by ~1e-7 near a score peak).
     """
     assert coords.dtype == torch.int64 and scores.dtype == torch.float32
     assert coords.shape == ref_coords.shape and scores.shape == ref_scores.shape
     torch.testing.assert_close(scores, ref_scores, atol=SCORE_TOL, rtol=0)
     differ = (coords != ref_coords).any(dim=-1)
-    assert int(differ.sum()) <= math.floor(max_differ * differ.numel())
+    rounding = math.floor if naive is None else math.ceil
+    assert int(differ.sum()) <= rounding(max_differ * differ.numel())
     if naive is not None:
         best = naive.max(dim=1).values
         mine = coords[:, 1] * w + coords[:, 0]
@@ -187,11 +190,15 @@ def test_block_memory_bound(monkeypatch):
     # (checked without running them).
     bound = lowres._BLOCK_FLOATS
     assert bound * 4 <= 16 * 1024 * 1024  # the few live block tensors stay under ~32 MB
-    for k, big_h, big_w in [(4096, 768, 768), (1, 4096, 4096), (100_000, 512, 8192), (7, 5, 3)]:
-        kq, rows = lowres._auto_chunks(k, big_h, big_w)
+    cases = [(4096, 768, 768, 96 * 96), (1, 4096, 4096, 9), (100_000, 512, 8192, 64 * 1024),
+             (7, 5, 3, 6), (256, 768, 768, 96 * 96)]  # fmt: skip
+    for k, big_h, big_w, cells in cases:
+        kq, rows = lowres._auto_chunks(k, big_h, big_w, cells)
         assert 1 <= kq <= k and 1 <= rows <= big_h
         assert kq * rows * big_w <= bound or (kq == 1 and rows == 1)
-    assert lowres._auto_chunks(7, 5, 3) == (7, 5)
+        assert kq * cells <= lowres._DOTS_FLOATS or kq == 1  # one chunk's dots
+    assert lowres._auto_chunks(7, 5, 3, 6) == (7, 5)
+    assert lowres._auto_chunks(256, 768, 768, 96 * 96) == (86, 15)  # 3 chunks of <= 86 queries
 
     # And the streaming loop really uses blocks of that size (spy on a run).
     seen = []

@@ -41,7 +41,7 @@ from torch import Tensor
 from cleandift_rt.errors import MatchError
 from cleandift_rt.matching.dispatch import cosine_argmax_fast
 from cleandift_rt.matching.grid import PixelGrid
-from cleandift_rt.matching.reference import sample_descriptors
+from cleandift_rt.matching.reference import all_finite, sample_descriptors
 
 __all__ = [
     "DenseMatches",
@@ -167,7 +167,7 @@ def _check_descriptors(a: Tensor, b: Tensor) -> torch.dtype:
     if a.device != b.device:
         raise MatchError(f"a and b are on different devices: {a.device} and {b.device}")
     for name, t in (("a", a), ("b", b)):
-        if not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise MatchError(f"{name} contains NaN or Inf values")
     both64 = a.dtype == torch.float64 and b.dtype == torch.float64
     return torch.float64 if both64 else torch.float32

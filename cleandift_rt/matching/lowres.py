@@ -28,6 +28,9 @@ __all__ = ["cell_gram", "cosine_argmax_lowres", "inverse_norms"]
 # Floats in one streamed block tensor (K_chunk * rows * W): 4 MB, so the two such tensors live
 # at once stay cache-friendly and far under ~32 MB.
 _BLOCK_FLOATS = 1024 * 1024
+# Floats of one query chunk's low-resolution dots (K_chunk * h * w): 4 MB. Chunking the queries
+# costs no extra streaming steps (their number is K * H * W / _BLOCK_FLOATS either way).
+_DOTS_FLOATS = 1024 * 1024
 # Float64 values in one temporary of the Gram / inverse-norm computations: ~16 MB on GPUs (few
 # kernel launches), ~0.5 MB on CPUs (cache-resident).
 _F64_CHUNK = {"cuda": (16 * 1024 * 1024) // 8, "cpu": 64 * 1024}
@@ -115,9 +118,13 @@ def inverse_norms(
     return out
 
 
-def _auto_chunks(k: int, big_h: int, big_w: int) -> tuple[int, int]:
-    """``(queries, rows)`` per streamed block so that ``queries * rows * W <= _BLOCK_FLOATS``."""
-    kq = max(1, min(k, _BLOCK_FLOATS // big_w))
+def _auto_chunks(k: int, big_h: int, big_w: int, cells: int) -> tuple[int, int]:
+    """``(queries, rows)`` per streamed block: ``queries * rows * W <= _BLOCK_FLOATS`` and the
+    chunk's low-resolution dots ``queries * cells <= _DOTS_FLOATS`` (``cells = h * w``); query
+    chunks are balanced (sizes differ by at most one)."""
+    kq = max(1, min(k, _BLOCK_FLOATS // big_w, _DOTS_FLOATS // cells))
+    chunks = max(1, -(-k // kq))
+    kq = max(1, -(-k // chunks))  # ceil(k / chunks)
     return kq, max(1, min(big_h, _BLOCK_FLOATS // (kq * big_w)))
 
 
@@ -185,7 +192,8 @@ def cosine_argmax_lowres(
     Same contract and results as :func:`~cleandift_rt.matching.reference.cosine_argmax` (up to
     float32 rounding), computed from the low-resolution map: one ``(h·w × K)`` GEMM, five Gram
     entries per cell and ``H·W`` inverse norms, then blocks of output rows streamed through a
-    running max. Extra memory is ``O(K·h·w + H·W)`` plus a few 4 MB blocks, independent of ``C``.
+    running max. Extra memory is ``H·W`` inverse norms plus a few 4 MB blocks (query chunks'
+    dots and streamed rows), independent of ``C`` and ``K``.
 
     Args:
         queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target. Any floating
@@ -210,7 +218,7 @@ def cosine_argmax_lowres(
     k = qs.shape[1]
     g = resolve_grid((h, w), out_size, grid)
     big_h, big_w = g.size
-    kq, rows_per_block = _auto_chunks(k, big_h, big_w)
+    kq, rows_per_block = _auto_chunks(k, big_h, big_w, h * w)
     if block is not None:
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise MatchError(f"block must be a positive integer, got {block!r}")

@@ -26,6 +26,16 @@ _BAND_FLOATS = (64 * 1024 * 1024) // 4
 _NORM_EPS = 1e-12
 
 
+def all_finite(t: Tensor) -> bool:
+    """True when ``t`` holds no NaN/Inf. ``aminmax`` propagates NaN and keeps ±Inf, so one
+    reduction decides without the full-size temporaries of ``isfinite(t).all()`` (an ``abs``
+    copy plus a bool map: 14 MB for a 320 × 96² float32 map)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _check_features(t: Tensor, name: str, ndims: tuple[int, ...]) -> None:
     """Validate a floating, finite, non-degenerate feature tensor."""
     if not isinstance(t, Tensor):
@@ -37,7 +47,7 @@ def _check_features(t: Tensor, name: str, ndims: tuple[int, ...]) -> None:
         raise MatchError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if any(s == 0 for s in t.shape[-3:]):
         raise MatchError(f"{name} has an empty channel or spatial dimension: {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise MatchError(f"{name} contains NaN or Inf values")
 
 
@@ -86,7 +96,7 @@ def check_inputs(queries: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool]
         )
     if not queries.is_floating_point():
         raise MatchError(f"queries must be a floating-point tensor, got {queries.dtype}")
-    if not bool(torch.isfinite(queries).all()):
+    if not all_finite(queries):
         raise MatchError("queries contain NaN or Inf values")
     if batched:
         return queries, target, True
