@@ -10,11 +10,9 @@ All methods run side by side in one process on the same inputs (random ``(C, h, 
 * ``triton``: :func:`cleandift_rt.matching.triton_argmax.cosine_argmax_triton` (CUDA only).
 
 Time: median over repeats after one warm-up run (``perf_counter`` on CPU, CUDA events on GPU).
-Peak extra memory of one run: on GPU ``torch.cuda.max_memory_allocated`` minus the allocation
-before the run; on CPU the process peak RSS (``VmHWM`` in ``/proc/self/status``, reset through
-``/proc/self/clear_refs``) minus the RSS before the run, after glibc's ``malloc_trim(0)`` so that
-freed-but-resident heap pages are not reused unseen (``tracemalloc`` does not see torch's
-allocations; PyTorch's CPU allocator does not cache, so RSS follows live tensors).
+Peak extra memory of one run (separate from the timed runs): on GPU
+``torch.cuda.max_memory_allocated`` minus the allocation before the run; on CPU the peak of live
+tensor bytes from the profiler's allocation events (``CpuMemory``).
 Methods whose estimated run time exceeds ``--max-seconds`` are skipped and recorded.
 
     python benchmarks/matcher.py --quick --json benchmarks/matcher_cpu.json
@@ -23,7 +21,6 @@ Methods whose estimated run time exceeds ``--max-seconds`` are skipped and recor
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
@@ -72,44 +69,32 @@ def naive_bytes(k: int, c: int, out: int) -> int:
 
 
 class CpuMemory:
-    """Peak extra RSS of a region (Linux): VmHWM after the region minus VmRSS before it.
+    """Peak extra tensor memory of a region on the CPU, as ``CudaMemory`` measures it on a GPU.
 
-    ``malloc_trim(0)`` first returns the heap's free pages to the OS, so memory the region
-    allocates is counted even when glibc would have reused freed (but still resident) chunks.
-    glibc's mmap threshold is pinned at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``; by default it
-    grows up to 32 MiB after the first large free), so every tensor buffer above it is its own
-    mapping, returned on free: RSS then follows live tensors instead of heap fragmentation,
-    which made repeated measurements of one configuration differ by up to 3×.
+    The profiler records every allocation and free of PyTorch's CPU allocator (``[memory]``
+    events, bytes signed); the peak of their running sum is the region's peak of live tensor
+    bytes. Process RSS was tried first: it also counts heap fragmentation and library code pages
+    re-faulted under memory pressure, and repeated runs of one configuration differed by up to
+    3×; this count is exact and repeatable. The measured run is separate from the timed ones.
     """
 
-    M_MMAP_THRESHOLD = -3
-
-    def __init__(self) -> None:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            self._trim = libc.malloc_trim
-            libc.mallopt(self.M_MMAP_THRESHOLD, 128 * 1024)
-        except (OSError, AttributeError):
-            self._trim = None
-
-    @staticmethod
-    def _status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{key} not in /proc/self/status")
-
     def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
         gc.collect()
-        if self._trim is not None:
-            self._trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak RSS
-        self.base = self._status("VmRSS")
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
 
     def stop(self) -> int:
-        return max(0, self._status("VmHWM") - self.base)
+        self._profile.__exit__(None, None, None)
+        events = [
+            e for e in self._profile.profiler.kineto_results.events() if e.name() == "[memory]"
+        ]
+        live = peak = 0
+        for event in sorted(events, key=lambda e: e.start_ns()):
+            live += event.nbytes()
+            peak = max(peak, live)
+        return peak
 
 
 class CudaMemory:
@@ -151,18 +136,19 @@ def run_once(fn: Callable[[], Any], device: str) -> float:
 
 
 def measure(fn: Callable[[], Any], device: str, memory: Any, min_time: float, max_reps: int):
-    """Warm-up (also the result), then timed repeats: enough to fill ``min_time`` seconds, at
-    least 3 (2 after a warm-up over 5 s). Peak memory is taken over the first timed repeat."""
+    """Warm-up (also the result), one run measuring peak memory, then timed repeats: enough to
+    fill ``min_time`` seconds, at least ``max_reps`` capped to 3 (1 after a warm-up over 5 s)."""
     t0 = time.perf_counter()
     result = fn()
     if device == "cuda":
         torch.cuda.synchronize()
     warm = time.perf_counter() - t0
-    reps = max(2 if warm > 5.0 else 3, min(max_reps, math.ceil(min_time / max(warm, 1e-6))))
     memory.start()
-    times = [run_once(fn, device)]
+    fn()
     peak = memory.stop()
-    times += [run_once(fn, device) for _ in range(reps - 1)]
+    least = min(max_reps, 1 if warm > 5.0 else 3)
+    reps = max(least, min(max_reps, math.ceil(min_time / max(warm, 1e-6))))
+    times = [run_once(fn, device) for _ in range(reps)]
     return result, times, peak
 
 
