@@ -31,9 +31,10 @@ _BLOCK_FLOATS = 1024 * 1024
 # Floats of one query chunk's low-resolution dots (K_chunk * h * w): 4 MB. Chunking the queries
 # costs no extra streaming steps (their number is K * H * W / _BLOCK_FLOATS either way).
 _DOTS_FLOATS = 1024 * 1024
-# Float64 values in one temporary of the Gram / inverse-norm computations: ~16 MB on GPUs (few
-# kernel launches), ~0.5 MB on CPUs (cache-resident).
-_F64_CHUNK = {"cuda": (16 * 1024 * 1024) // 8, "cpu": 64 * 1024}
+# Float64 values in one temporary of the Gram / inverse-norm computations: 8 MB on GPUs (a few
+# kernel launches, and a few such temporaries stay far under the dots of K = 4096 queries against
+# a 48² map, 38 MB), 0.5 MB on CPUs (cache-resident).
+_F64_CHUNK = {"cuda": (8 * 1024 * 1024) // 8, "cpu": 64 * 1024}
 
 
 def _f64_chunk(device: torch.device) -> int:

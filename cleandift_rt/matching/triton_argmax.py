@@ -302,6 +302,9 @@ def _match_one(
     p = h * w
     big_h, big_w = rows[0].shape[0], cols[0].shape[0]
 
+    # Inverse norms first: their float64 temporaries are freed before the dots exist, so the
+    # peak is max(Gram phase, dots + inverse norms), not their sum.
+    inv_norm = inverse_norms(cell_gram(t), rows, cols).contiguous()  # (H, W)
     # GEMM operands: keep fp16 / bf16 when both sides share it (tensor cores), else fp32.
     dot_dtype = q.dtype if (q.dtype == t.dtype and q.dtype in _HALF) else torch.float32
     qd = q.to(dot_dtype)
@@ -314,7 +317,6 @@ def _match_one(
         BLOCK_K=bk, BLOCK_P=bp, BLOCK_C=bc, DOT_FP32=interpret or dot_dtype == torch.float32,
     )  # fmt: skip
 
-    inv_norm = inverse_norms(cell_gram(t), rows, cols).contiguous()  # (H, W)
     (ri, rw), (ci, cw) = rows, cols
     a1, b1 = rw[:, 1].contiguous(), cw[:, 1].contiguous()
     # Patch sides: the mean run of output rows / columns sharing their taps (H / h, W / w when
