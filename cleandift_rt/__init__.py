@@ -27,6 +27,7 @@ _EXPORTS = {
     "cosine_argmax_fast": "matching",
     "sample_descriptors": "matching",
     "load_model": "models",
+    "Tracker": "tracking",
 }
 __all__ = [
     "CleanDIFTError",
@@ -35,6 +36,7 @@ __all__ = [
     "ImageTransform",
     "MatchResult",
     "PixelGrid",
+    "Tracker",
     "cosine_argmax",
     "cosine_argmax_fast",
     "load_image",
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from .imaging import ImageTransform, load_image, prepare_image
     from .matching import PixelGrid, cosine_argmax, cosine_argmax_fast, sample_descriptors
     from .models import load_model
+    from .tracking import Tracker
 
 
 def __getattr__(name: str) -> Any:
