@@ -4,26 +4,26 @@
         --backends torch-fp32,torch-bf16,onnx-fp32,onnx-fp16,aoti-fp32 --json out.json
 
 Every (backend, resolution, batch) is measured in its own worker process (so peak memory
-belongs to that backend alone): warm-up, then timed runs over rotating inputs (CUDA events on
-a GPU, perf_counter on the CPU), median and p90. Exported artifacts are built first (without
-validation; the tests cover parity). Ratios are to PyTorch eager fp32 measured in the same run.
+belongs to that backend alone) with the harness of ``cleandift-rt bench``: warm-up, then timed
+runs over rotating inputs (CUDA events on a GPU, perf_counter on the CPU), median and p90.
+Exported artifacts are built first (without validation; the tests cover parity). Ratios are
+to PyTorch eager fp32 measured in the same run. (``cleandift-rt bench`` measures in one
+process and adds FLOPs, MFU, the DIFT baseline and the matcher.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from cleandift_rt.bench import latency_stats, machine_info, random_images, time_runs
 
 EXPORTED = {"onnx": "onnx", "aoti": "aoti", "trt": "engine"}
 
@@ -53,32 +53,12 @@ def make_runner(backend: str, precision: str, args, res: int, batch: int, workdi
 
 
 def measure(runner, res: int, batch: int, seconds: float, warmup: int) -> dict:
-    """Median / p90 latency (ms) over rotating uint8 inputs, throughput (images/s)."""
-    cuda = runner.device.type == "cuda"
-    gen = np.random.default_rng(0)
-    inputs = [gen.integers(0, 256, (batch, res, res, 3), dtype=np.uint8) for _ in range(4)]
-    if cuda:
-        inputs = [torch.from_numpy(x).to(runner.device) for x in inputs]
-    for i in range(warmup):
-        runner(inputs[i % 4])
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 1000):
-        x = inputs[len(times) % 4]
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            runner(x)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            runner(x)
-            times.append((time.perf_counter() - t) * 1e3)
-    median = statistics.median(times)
-    return {"median_ms": median, "p90_ms": float(np.percentile(times, 90)), "runs": len(times),
-            "images_per_s": batch / median * 1e3}  # fmt: skip
+    """Median / p90 latency (ms) over rotating uint8 inputs, throughput (images/s): the
+    harness of ``cleandift-rt bench`` (cleandift_rt.bench)."""
+    inputs = random_images(batch, res, runner.device, seed=0, n=4)
+    times = time_runs(runner, inputs, runner.device, warmup, reps=3, min_time=seconds)
+    stats = latency_stats(times, batch)
+    return {k: stats[k] for k in ("median_ms", "p90_ms", "runs", "images_per_s")}
 
 
 def worker(args) -> None:
@@ -96,25 +76,6 @@ def worker(args) -> None:
         result["device_used_mib"] = (free_before - torch.cuda.mem_get_info()[0]) / 2**20
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
-
-
-def machine() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def main() -> None:
@@ -161,7 +122,7 @@ def main() -> None:
                     None)  # fmt: skip
         if base and "median_ms" in row:
             row["speedup_vs_torch_fp32"] = base["median_ms"] / row["median_ms"]
-    report = {"command": " ".join(sys.argv), "machine": machine(), "model": args.model,
+    report = {"command": " ".join(sys.argv), "machine": machine_info(), "model": args.model,
               "taps": args.taps, "rows": rows}  # fmt: skip
     header = f"{'backend':11s} {'res':>5s} {'batch':>5s} {'median ms':>10s} {'p90 ms':>8s} "
     header += f"{'img/s':>8s} {'×fp32':>6s} {'peak RSS MiB':>12s}"

@@ -1,4 +1,4 @@
-"""Tests of the `cleandift-rt` command line (cleandift_rt/cli.py), CPU only, offline.
+"""Tests of the `cleandift-rt` command line (cleandift_rt/cli/), CPU only, offline.
 
 The contract (DESIGN): every command takes ``--json``, exits 0 on success, and on bad input exits
 2 printing exactly one ``error: ...`` line on stderr (no traceback), leaving no output file and no

@@ -1,0 +1,52 @@
+"""`cleandift-rt`: the command-line entry point.
+
+Every command takes ``--json`` for machine-readable output, exits 0 on success and 2 with one
+``error: ...`` line (no traceback, no partial output file) on bad input. Commands live in one
+module each; heavy imports happen inside them, so ``cleandift-rt --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import CleanDIFTError
+from .bench_command import bench
+from .common import command_line, fail
+from .eval_commands import eval_group
+from .export_command import export_command
+from .feature_commands import demo, extract, info, match
+from .track_command import track
+
+__all__ = ["cli", "command_line", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cleandift-rt", prog_name="cleandift-rt")
+def cli():
+    """Noise-free Stable Diffusion features (CleanDIFT): extract and match, fast."""
+
+
+for command in (info, extract, match, demo, export_command, bench, eval_group, track):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors → one `error:` line and exit status 2."""
+    try:
+        code = cli.main(args=argv, prog_name="cleandift-rt", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `cleandift-rt`
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 0
+    except click.ClickException as exc:
+        fail(exc.format_message())
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except CleanDIFTError as exc:
+        fail(str(exc))
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code or 0)

@@ -1,0 +1,179 @@
+"""Options, parsers and output helpers shared by the `cleandift-rt` commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import CleanDIFTError
+
+POLICY = click.Choice(["square", "fit"])
+
+
+def fail(message: str, code: int = 2):
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+def emit(payload: dict, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(payload, indent=2) if as_json else text)
+
+
+def model_options(taps_option: bool):
+    """Options shared by the commands that load a model."""
+
+    def wrap(fn):
+        options = [
+            click.option(
+                "--model",
+                default="tiny",
+                show_default=True,
+                help="Preset (sd21, sd15, sd21-base, sd15-base, tiny), diffusers folder, "
+                "hub id or CleanDIFT .safetensors file.",
+            ),
+            click.option("--base", default=None, help="Base model of a bare *_unet.safetensors."),
+            click.option(
+                "--resolution",
+                type=int,
+                default=None,
+                help="Input size (square side, or longer side with --policy fit); "
+                "default: the model's native size.",
+            ),
+            click.option(
+                "--policy",
+                type=POLICY,
+                default="square",
+                show_default=True,
+                help="square: resize as DIFT; fit: keep aspect and pad.",
+            ),
+            click.option(
+                "--device", default="auto", show_default=True, help="auto, cpu, cuda[:N]."
+            ),
+            click.option(
+                "--dtype",
+                type=click.Choice(["fp32", "fp16", "bf16"]),
+                default=None,
+                help="Default: fp16 on CUDA, fp32 on CPU.",
+            ),
+            click.option(
+                "--timestep",
+                type=float,
+                default=None,
+                help="Override the U-Net timestep (default: the model's).",
+            ),
+        ]
+        if taps_option:
+            options.append(
+                click.option(
+                    "--taps",
+                    default="us6",
+                    show_default=True,
+                    help="Comma-separated taps: mid, us1..us12, up0..up3.",
+                )
+            )
+        else:
+            options.append(
+                click.option(
+                    "--tap",
+                    "taps",
+                    default="us6",
+                    show_default=True,
+                    help="Tap to match with: mid, us1..us12, up0..up3.",
+                )
+            )
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+def open_extractor(model, base, resolution, policy, device, dtype, timestep, taps):
+    from ..extractor import FeatureExtractor
+
+    return FeatureExtractor.from_pretrained(
+        model,
+        taps=taps,
+        base=base,
+        resolution=resolution,
+        policy=policy,
+        device=device,
+        dtype=dtype,
+        timestep=timestep,
+    )
+
+
+def parse_points(text: str) -> list[tuple[float, float]]:
+    """'x,y;x,y' → [(x, y), ...]; CleanDIFTError on bad syntax or no point."""
+    points = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        try:
+            x, y = (float(v) for v in part.split(","))
+        except ValueError:
+            raise CleanDIFTError(f"bad point '{part}': use 'x,y;x,y' in pixels") from None
+        points.append((x, y))
+    if not points:
+        raise CleanDIFTError("no points to match: give --points 'x,y;x,y' or --grid N")
+    return points
+
+
+def check_points_inside(points: list, size: tuple[int, int]) -> None:
+    """CleanDIFTError naming the first point that is not finite or not inside an (H, W) image."""
+    h, w = size
+    for x, y in points:
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):  # False for NaN too
+            raise CleanDIFTError(f"point ({x:g}, {y:g}) is outside the {w}x{h} source image")
+
+
+def int_list(text: str, what: str) -> tuple[int, ...]:
+    """'128,256' → (128, 256); CleanDIFTError naming the option on bad syntax."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CleanDIFTError(f"{what} must be comma-separated integers, got '{text}'") from None
+    if not values:
+        raise CleanDIFTError(f"{what} is empty")
+    return values
+
+
+def float_list(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CleanDIFTError(f"{what} must be comma-separated numbers, got '{text}'") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise CleanDIFTError(f"{what} must be fractions in (0, 1], got '{text}'")
+    return values
+
+
+def check_suffix(path: str | None, suffix: str, option: str) -> None:
+    if path is not None and not path.lower().endswith(suffix):
+        raise CleanDIFTError(f"{option} must be a {suffix} file, got '{path}'")
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command that reproduces this run: its path and every option not at its default."""
+    import shlex
+
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or value in (param.get_default(ctx), None):
+            continue
+        if param.is_flag:
+            if value or param.secondary_opts:  # a bare flag left off is at its default
+                words.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
+def write_report(path: str, payload: dict) -> str:
+    from ..bench import write_json
+
+    try:
+        return str(write_json(path, payload))
+    except OSError as exc:
+        raise CleanDIFTError(f"cannot write '{path}': {exc.strerror or exc}") from None

@@ -1,0 +1,252 @@
+"""`eval spair` and `eval homography`: correspondence accuracy."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import CleanDIFTError
+from .common import check_suffix, emit, float_list, model_options, write_report
+
+
+@click.group("eval")
+def eval_group():
+    """Correspondence accuracy: SPair-71k (DIFT protocol) and an offline homography benchmark."""
+
+
+def eval_options(fn):
+    """Options of every `eval` subcommand: the model (or artifact, or DIFT baseline) and output."""
+    options = [
+        model_options(taps_option=False),
+        click.option(
+            "--artifact",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Evaluate an exported artifact (ONNX, engine, .pt2) instead.",
+        ),
+        click.option("--dift", is_flag=True, help="Evaluate the DIFT baseline of --model."),
+        click.option("--dift-t", type=click.IntRange(0, 999), default=261, show_default=True),
+        click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True),
+        click.option(
+            "--out",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Write the JSON summary here.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _eval_predictor(
+    model,
+    base,
+    resolution,
+    policy,
+    device,
+    dtype,
+    timestep,
+    taps,
+    artifact,
+    dift,
+    dift_t,
+    dift_ensemble,
+):
+    from ..evaluation import ExtractorPredictor, build_extractor
+
+    if artifact is not None and dift:
+        raise CleanDIFTError("--artifact and --dift exclude each other")
+    fx = build_extractor(
+        model,
+        [taps],
+        artifact=artifact,
+        dift=dift,
+        t=dift_t,
+        ensemble=dift_ensemble,
+        device=device,
+        dtype=dtype,
+        resolution=resolution,
+        policy=policy,
+        base=base,
+        timestep=timestep,
+    )
+    tap = taps if artifact is None else None
+    if tap is not None and tap not in fx.taps:  # an alias: the extractor names the tap
+        tap = fx.taps[0]
+    return fx, ExtractorPredictor(fx, tap)
+
+
+def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, group: str):
+    from ..evaluation import format_summary
+
+    summary["model"] = fx.model_name
+    summary["description"] = fx.description
+    summary["dift_baseline"] = dift
+    text = f"{title}: {fx.description or fx.model_name}\n" + format_summary(summary, group)
+    if out is not None:
+        summary["out"] = write_report(out, summary)
+        text += f"\nwrote {out}"
+    emit(summary, as_json, text)
+
+
+@eval_group.command("spair")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The SPair-71k folder (PairAnnotation/, ImageAnnotation/, JPEGImages/).",
+)
+@click.option(
+    "--split", type=click.Choice(["test", "val", "trn"]), default="test", show_default=True
+)
+@click.option("--categories", default=None, help="Comma-separated categories (default: all).")
+@click.option(
+    "--max-pairs",
+    type=click.IntRange(1),
+    default=None,
+    help="At most this many pairs per category (first by file name).",
+)
+@click.option(
+    "--alpha",
+    "alphas",
+    default="0.1",
+    show_default=True,
+    help="PCK thresholds as fractions of the bbox / image size.",
+)
+@eval_options
+def eval_spair(
+    root,
+    split,
+    categories,
+    max_pairs,
+    alphas,
+    model,
+    base,
+    resolution,
+    policy,
+    device,
+    dtype,
+    timestep,
+    taps,
+    artifact,
+    dift,
+    dift_t,
+    dift_ensemble,
+    out,
+    as_json,
+):
+    """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
+    from ..evaluation.spair import evaluate_spair, read_pairs
+
+    check_suffix(out, ".json", "--out")
+    cats = [c for c in categories.split(",") if c] if categories else None
+    thresholds = float_list(alphas, "--alpha")
+    read_pairs(root, split, cats, max_pairs)  # bad folder → one line, before loading a model
+    fx, predict = _eval_predictor(
+        model,
+        base,
+        resolution,
+        policy,
+        device,
+        dtype,
+        timestep,
+        taps,
+        artifact,
+        dift,
+        dift_t,
+        dift_ensemble,
+    )
+    summary = evaluate_spair(
+        root, predict, split, cats, max_pairs, thresholds, progress=not as_json
+    )
+    _eval_output(summary, fx, dift, out, as_json, f"SPair-71k {split}", "category")
+
+
+@eval_group.command("homography")
+@click.option(
+    "--images",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A folder of photos (default: scikit-image's bundled photos).",
+)
+@click.option(
+    "--photos",
+    default="astronaut,chelsea,coffee,rocket",
+    show_default=True,
+    help="scikit-image photo names, when --images is not given.",
+)
+@click.option("--pairs-per-image", type=click.IntRange(1), default=4, show_default=True)
+@click.option(
+    "--kind", type=click.Choice(["homography", "affine"]), default="homography", show_default=True
+)
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, 3),
+    default=1.0,
+    show_default=True,
+    help="Scales the random warps' rotation, scale, shear, shift and corner moves.",
+)
+@click.option(
+    "--grid",
+    type=click.IntRange(1, 64),
+    default=10,
+    show_default=True,
+    help="An N×N grid of source points (those landing inside the target are kept).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--thresholds",
+    default="0.01,0.05,0.1",
+    show_default=True,
+    help="PCK thresholds as fractions of the image's longer side.",
+)
+@eval_options
+def eval_homography(
+    images,
+    photos,
+    pairs_per_image,
+    kind,
+    strength,
+    grid,
+    seed,
+    thresholds,
+    model,
+    base,
+    resolution,
+    policy,
+    device,
+    dtype,
+    timestep,
+    taps,
+    artifact,
+    dift,
+    dift_t,
+    dift_ensemble,
+    out,
+    as_json,
+):
+    """PCK and end-point error on photos warped by seeded random homographies (no download)."""
+    from ..evaluation.homography import evaluate_homography, load_photos, make_pairs
+
+    check_suffix(out, ".json", "--out")
+    alphas = float_list(thresholds, "--thresholds")
+    pictures = load_photos([p for p in photos.split(",") if p], images)
+    pairs = make_pairs(pictures, pairs_per_image, kind, seed, grid, strength)
+    fx, predict = _eval_predictor(
+        model,
+        base,
+        resolution,
+        policy,
+        device,
+        dtype,
+        timestep,
+        taps,
+        artifact,
+        dift,
+        dift_t,
+        dift_ensemble,
+    )
+    summary = evaluate_homography(predict, pairs, alphas, progress=not as_json)
+    summary.update(kind=kind, seed=seed, strength=strength, pairs_per_image=pairs_per_image)
+    _eval_output(summary, fx, dift, out, as_json, f"{kind} benchmark (seed {seed})", "photo")

@@ -1,0 +1,232 @@
+"""`info`, `extract`, `match` and `demo`: features and matches from images."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import CleanDIFTError
+from .common import check_points_inside, emit, model_options, open_extractor, parse_points
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(as_json: bool):
+    """Versions, devices and the backends available here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    packages = [
+        "cleandift-rt",
+        "torch",
+        "diffusers",
+        "numpy",
+        "opencv-python-headless",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "triton",
+        "transformers",
+    ]
+    versions = {p: ver(p) for p in packages}
+    devices = [{"name": "cpu", "threads": torch.get_num_threads()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append(
+                {
+                    "name": f"cuda:{i}",
+                    "gpu": p.name,
+                    "capability": f"{p.major}.{p.minor}",
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                }
+            )
+    backends = {
+        "torch": True,
+        "onnxruntime": bool(versions["onnxruntime"] or versions["onnxruntime-gpu"]),
+        "tensorrt": bool(versions["tensorrt"]),
+        "triton": bool(versions["triton"]),
+    }
+    payload = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "devices": devices,
+        "backends": backends,
+    }
+    lines = [f"python {payload['python']} on {payload['platform']}"]
+    lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
+    lines += ["devices: " + ", ".join(d.get("gpu", d["name"]) for d in devices)]
+    lines += ["backends: " + ", ".join(k for k, ok in backends.items() if ok)]
+    emit(payload, as_json, "\n".join(lines))
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True)
+@model_options(taps_option=True)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output .safetensors: one (N, C, h, w) tensor per tap, metadata in the header.",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def extract(
+    images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size, as_json
+):
+    """Extract features of IMAGES into a safetensors file."""
+    from ..imaging import image_name
+    from ..models.checkpoint import atomic_save
+
+    if not out.lower().endswith(".safetensors"):
+        raise CleanDIFTError(f"--out must be a .safetensors file, got '{out}'")
+    for image in images:  # fail before loading a model; decoding errors come per image later
+        if not Path(image).exists():
+            raise CleanDIFTError(f"cannot read image '{image}': no such file")
+        if not Path(image).is_file():
+            raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
+    start = time.perf_counter()
+    fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
+    feats = fx(list(images), batch_size=batch_size, progress=not as_json)
+    meta = {
+        "model": fx.model_name,
+        "taps": json.dumps(
+            {t: {"stride": feats.strides[t], "shape": list(feats[t].shape)} for t in feats.maps}
+        ),
+        "images": json.dumps([image_name(i) for i in images]),
+        "transforms": json.dumps([t.to_dict() for t in feats.transforms]),
+        "policy": policy,
+        "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
+    }
+    try:
+        atomic_save(dict(feats.maps), out, meta)
+    except OSError as exc:
+        raise CleanDIFTError(f"cannot write '{out}': {exc.strerror or exc}") from None
+    seconds = time.perf_counter() - start
+    payload = {
+        "out": str(Path(out)),
+        "images": len(images),
+        "model": fx.model_name,
+        "taps": json.loads(meta["taps"]),
+        "seconds": round(seconds, 3),
+    }
+    text = [f"wrote {out}: {len(images)} image(s), model {fx.model_name}, {seconds:.1f} s"]
+    text += [
+        f"  {t:5s} {tuple(v['shape'])} stride {v['stride']}" for t, v in payload["taps"].items()
+    ]
+    emit(payload, as_json, "\n".join(text))
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target")
+@model_options(taps_option=False)
+@click.option(
+    "--points", default=None, help="Source points 'x,y;x,y' in pixels (centre = integer)."
+)
+@click.option("--grid", type=click.IntRange(1, 256), default=None, help="An N×N grid of points.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write a correspondence picture (.png).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def match(
+    source,
+    target,
+    model,
+    base,
+    resolution,
+    policy,
+    device,
+    dtype,
+    timestep,
+    taps,
+    points,
+    grid,
+    out,
+    as_json,
+):
+    """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
+    from ..imaging import load_image
+
+    if (points is None) == (grid is None):
+        raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
+    if out is not None and not out.lower().endswith(".png"):
+        raise CleanDIFTError(f"--out must be a .png file, got '{out}'")
+    pts = parse_points(points) if points is not None else None
+    src, tgt = load_image(source), load_image(target)
+    if pts is None:
+        from ..demo import grid_points
+
+        pts = grid_points(src.shape[:2], grid).tolist()
+    check_points_inside(pts, src.shape[:2])
+    fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
+    result = fx.match(src, tgt, pts)
+    payload = {"source": source, "target": target, "model": fx.model_name, **result.to_dict()}
+    if out is not None:
+        from ..viz import draw_correspondences, save_png
+
+        picture = draw_correspondences(src, tgt, result.source_points, result.target_points)
+        try:
+            payload["picture"] = str(save_png(out, picture))
+        except OSError as exc:
+            raise CleanDIFTError(f"cannot write '{out}': {exc.strerror or exc}") from None
+    lines = [f"{len(pts)} match(es), model {fx.model_name}, tap {result.tap}"]
+    lines += [
+        f"  ({a:.1f}, {b:.1f}) -> ({c:.0f}, {d:.0f})  score {s:.3f}"
+        for (a, b), (c, d), s in zip(result.source_points, result.target_points, result.scores)
+    ]
+    if out is not None:
+        lines.append(f"wrote {out}")
+    emit(payload, as_json, "\n".join(lines))
+
+
+@click.command()
+@click.option("--model", default="tiny", show_default=True, help="Model to run (see `extract`).")
+@click.option("--tap", "taps", default="us6", show_default=True)
+@click.option("--image", default=None, help="Your own photo (default: scikit-image's astronaut).")
+@click.option(
+    "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--resolution", type=int, default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
+    """Offline demo: match a photo to a known warp of it; write two PNGs."""
+    from ..demo import run_demo
+    from ..imaging import load_image
+
+    photo = load_image(image) if image is not None else None
+    fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
+    report = run_demo(fx, out_dir, photo)
+    lines = [
+        f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",
+        f"  PCK@0.05 {report.pck_05:.2f}   PCK@0.10 {report.pck_10:.2f}   "
+        f"mean error {report.mean_error_px:.1f} px",
+        f"  wrote {report.correspondences_png} (grey lines: off by more than 10 % of the size)",
+        f"  wrote {report.features_png} (joint PCA of the features)",
+    ]
+    if report.random_weights:
+        lines.append(
+            f"note: '{report.model}' has random weights: the pictures show the plumbing, not "
+            "feature quality (random features do not match real photos). Run --model sd21 with "
+            "the weights downloaded for real correspondences."
+        )
+    emit(report.to_dict(), as_json, "\n".join(lines))

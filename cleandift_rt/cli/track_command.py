@@ -1,0 +1,111 @@
+"""`track`: follow points through a camera, video, image folder or stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import CleanDIFTError
+from .common import emit, model_options, open_extractor, parse_points
+
+
+@click.command()
+@click.option(
+    "--source", required=True, help="Camera index (0), video file, image folder or glob, URL."
+)
+@click.option("--artifact", default=None, help="Exported artifact to run (instead of --model).")
+@model_options(taps_option=False)
+@click.option("--points", default=None, help="Points 'x,y;x,y' in reference-frame pixels.")
+@click.option("--points-file", default=None, help="JSON file: [[x, y], ...] or {'points': ...}.")
+@click.option("--grid", type=click.IntRange(1, 256), default=None, help="An N×N grid of points.")
+@click.option("--reference", default=None, help="Reference image (default: the first frame).")
+@click.option("--mode", type=click.Choice(["anchor", "chain"]), default="anchor", show_default=True)
+@click.option(
+    "--update-rate",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="chain: descriptor update per frame (1: previous frame only).",
+)
+@click.option("--min-score", type=float, default=0.0, show_default=True, help="Lost under it.")
+@click.option("--no-mutual", is_flag=True, help="Skip the cycle check (lost flag).")
+@click.option(
+    "--radius", type=click.FloatRange(0), default=None, help="Search radius (px) around the last "
+    "position; default: the whole frame."
+)  # fmt: skip
+@click.option(
+    "--buffer",
+    type=click.Choice(["auto", "latest", "all"]),
+    default="auto",
+    show_default=True,
+    help="latest: keep only the newest frame (live); all: every frame (files); auto: by source.",
+)
+@click.option("--max-frames", type=click.IntRange(1), default=None)
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Annotated .mp4.")
+@click.option("--tracks", default=None, type=click.Path(dir_okay=False), help="JSONL tracks.")
+@click.option("--show", is_flag=True, help="Live window (needs a GUI build of OpenCV).")
+@click.option("--trail", type=click.IntRange(0), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def track(
+    source, artifact, model, base, resolution, policy, device, dtype, timestep, taps, points,
+    points_file, grid, reference, mode, update_rate, min_score, no_mutual, radius, buffer,
+    max_frames, warmup, out, tracks, show, trail, as_json,
+):  # fmt: skip
+    """Track points through a camera, video, image folder or URL stream."""
+    from ..tracking import Tracker, open_source, run_tracking
+    from ..tracking.output import check_output_path
+
+    given = [v is not None for v in (points, points_file, grid)]
+    if sum(given) != 1:
+        raise CleanDIFTError("give exactly one of --points 'x,y;x,y', --points-file and --grid N")
+    if points_file is not None:
+        try:
+            data = json.loads(Path(points_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise CleanDIFTError(f"cannot read points file '{points_file}': {exc}") from None
+        pts = data.get("points") if isinstance(data, dict) else data
+        if not isinstance(pts, list):
+            raise CleanDIFTError(
+                f"points file '{points_file}' must hold [[x, y], ...] or "
+                '{"points": [[x, y], ...]}'
+            )
+    else:
+        pts = parse_points(points) if points is not None else None
+    if out is not None:
+        check_output_path(out, (".mp4", ".avi", ".mov", ".mkv"), "--out video")
+    if tracks is not None:
+        check_output_path(tracks, (".jsonl", ".json", ".ndjson"), "--tracks")
+    src = open_source(source)  # fail on a bad source before loading a model
+    try:
+        if artifact is not None:
+            from ..runtime import load_runtime
+
+            fx = load_runtime(artifact, device=device, policy=policy)
+        else:
+            fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
+        tap = taps if artifact is None or taps in fx.taps else None
+        tracker = Tracker(
+            fx, pts, grid=grid, reference=reference, tap=tap, mode=mode, update_rate=update_rate,
+            min_score=min_score, mutual=not no_mutual, radius=radius, buffer=buffer, warmup=warmup,
+        )  # fmt: skip
+    except BaseException:
+        src.close()
+        raise
+    summary = run_tracking(
+        tracker, src, out=out, tracks=tracks, show=show, max_frames=max_frames, trail=trail,
+        progress=not as_json,
+    )  # fmt: skip
+    lat = summary["latency_ms"]
+    lines = [
+        f"{summary['frames']} frame(s), {summary['dropped']} dropped, {summary['fps']:.1f} FPS, "
+        f"{summary['points']} point(s), mode {mode}, tap {summary['tap']} ({summary['ended']})"
+    ]
+    lines += [
+        f"  {s:8s} p50 {v['p50']:8.2f}  p90 {v['p90']:8.2f}  p99 {v['p99']:8.2f} ms"
+        for s, v in lat.items()
+    ]
+    lines += [f"wrote {summary[k]}" for k in ("video", "tracks") if summary.get(k)]
+    emit(summary, as_json, "\n".join(lines))
