@@ -13,7 +13,7 @@ LOCAL_TORCH := $(firstword $(wildcard $(addsuffix /torch-$(TORCH_VERSION)*.whl,$
 DEMO_MODEL ?= tiny
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-cpp lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,19 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# C++ library (cpp_bindings/): configure with the venv's torch (libtorch) and pybind11, build,
+# run ctest, then the pytest parity tests of its Python bindings.
+CPP_BUILD ?= cpp_bindings/build
+CPP_JOBS ?= 2
+CPP_GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
+
+test-cpp: $(VENV)/.installed
+	@test -f $(CPP_BUILD)/CMakeCache.txt || cmake -S cpp_bindings -B $(CPP_BUILD) $(CPP_GENERATOR) \
+	  -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(CPP_BUILD) -j $(CPP_JOBS)
+	ctest --test-dir $(CPP_BUILD) --output-on-failure
+	CLEANDIFT_RT_CPP_BUILD=$(abspath $(CPP_BUILD))/python $(PY) -m pytest -q tests/test_cpp_bindings.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
@@ -37,4 +50,4 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache $(CPP_BUILD)
