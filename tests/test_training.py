@@ -1,0 +1,396 @@
+"""Distillation training (`training/`) on the tiny model: CPU, small images, a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from cleandift_rt.errors import CleanDIFTError
+from training.data import StepBatchSampler, read_caption, scan_images, split_holdout
+from training.distill import TrainConfig, main, train
+from training.heads import FeatureHeads
+from training.objective import Student, Teacher, cosine_loss, stratified_timesteps
+from training.state import latest_state, list_checkpoints, save_state
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def write_photos(folder: Path, size: int = 96) -> Path:
+    """Four scikit-image photos (one nested, one captioned) plus a corrupt and a tiny file."""
+    from skimage import data
+
+    (folder / "nested").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(PHOTOS):
+        image = Image.fromarray(getattr(data, name)()).convert("RGB").resize((size, size))
+        path = folder / ("nested" if i == 3 else "") / f"{name}.{'png' if i % 2 else 'jpg'}"
+        image.save(path)
+    (folder / "astronaut.json").write_text(json.dumps({"caption": "an astronaut"}))
+    (folder / "corrupt.jpg").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "tiny.png")
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_photos(tmp_path_factory.mktemp("photos"))
+
+
+def config(data: Path, out: Path, **overrides) -> TrainConfig:
+    """A few-second tiny run: 64 px, global batch 2, two taps, large lr."""
+    base = dict(
+        teacher="tiny",
+        data=str(data),
+        out=str(out),
+        steps=4,
+        batch_size=2,
+        resolution=64,
+        lr=1e-3,
+        warmup=0,
+        taps="mid,us3",
+        seed=0,
+        log_every=1,
+        save_every=100,
+        val_every=100,
+        val_images=1,
+        workers=0,
+        progress=False,
+        tensorboard=False,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == kind]
+
+
+@pytest.fixture(scope="module")
+def straight_run(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    return out, train(config(photos, out))
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_heads_start_as_identity_and_depend_on_t():
+    torch.manual_seed(0)
+    heads = FeatureHeads({"mid": 16, "us3": 8})
+    feats = {"mid": torch.randn(3, 16, 2, 2), "us3": torch.randn(3, 8, 4, 4)}
+    t = torch.tensor([5.0, 500.0, 990.0])
+    out = heads(feats, t)
+    for tap in feats:
+        torch.testing.assert_close(out[tap], feats[tap], rtol=0, atol=0)
+    for p in heads.parameters():  # move the zero-initialised layers: the output depends on t
+        torch.nn.init.normal_(p, std=0.2)
+    out = heads({"mid": feats["mid"][:1].expand(3, -1, -1, -1)}, t)["mid"]
+    assert not torch.allclose(out[0], out[1]) and out.shape == (3, 16, 2, 2)
+
+
+def test_stratified_timesteps_one_per_bin():
+    t = stratified_timesteps(64, 3, torch.Generator().manual_seed(0)).view(64, 3)
+    assert t.dtype == torch.int64 and t.min() >= 1 and t.max() <= 999
+    edges = torch.linspace(1, 1000, 4)
+    for k in range(3):
+        assert ((t[:, k] >= edges[k].floor()) & (t[:, k] < edges[k + 1])).all()
+    assert t[:, 0].unique().numel() > 20  # uniform within the bin, not a constant
+
+
+def test_sampler_is_a_function_of_step_and_shards_ranks():
+    one = StepBatchSampler(5, 4, seed=3, start_step=0, end_step=6)
+    ranks = [StepBatchSampler(5, 2, 3, 0, 6, rank=r, world=2) for r in range(2)]
+    resumed = StepBatchSampler(5, 4, seed=3, start_step=4, end_step=6)
+    full = list(one)
+    assert [a + b for a, b in zip(*map(list, ranks))] == full
+    assert list(resumed) == full[4:]
+    stream = sum(full, [])
+    assert sorted(stream[:5]) == list(range(5)) and sorted(stream[5:10]) == list(range(5))
+    assert stream[:5] != stream[5:10]  # a new permutation each epoch
+
+
+def test_scan_skips_and_counts_bad_files_and_reads_captions(photos, tmp_path):
+    paths, report = scan_images(photos, min_size=64)
+    assert len(paths) == 4 and report.usable == 4
+    assert len(report.unreadable) == 1 and len(report.too_small) == 1
+    assert read_caption(photos / "astronaut.jpg") == "an astronaut"
+    assert read_caption(photos / "coffee.jpg") == ""
+    train_paths, val_paths = split_holdout(paths, 1, seed=0)
+    assert len(train_paths) == 3 and len(val_paths) == 1 and not set(train_paths) & set(val_paths)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(CleanDIFTError, match="no usable image"):
+        scan_images(tmp_path / "empty", min_size=64)
+
+
+def test_teacher_and_vae_get_no_gradient(tiny):
+    import copy
+
+    student = Student(copy.deepcopy(tiny.unet), "mid,us3", 261.0)
+    teacher = Teacher(tiny.vae, tiny.unet, "mid,us3")
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    latent = teacher.latents(images)
+    t = torch.tensor([100, 600, 200, 900])
+    target = teacher.features(
+        latent.repeat_interleave(2, 0), torch.randn(4, 4, 8, 8), t, tiny.context
+    )
+    loss, _ = cosine_loss(student(latent, tiny.context, t), target)
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in tiny.vae.parameters())
+    assert student.timestep.grad is not None and student.timestep.grad.abs() > 0
+    assert student.unet.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_failed_write_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    import cleandift_rt.models.checkpoint as checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    save_state(tmp_path, 1, model, optimizer, scheduler, {"seed": 0}, keep=2)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def dies_mid_write(tensors, path, metadata=None):
+        Path(path).write_bytes(b"partial header")
+        raise OSError("simulated crash while writing")
+
+    monkeypatch.setattr(checkpoint, "save_file", dies_mid_write)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OSError, match="simulated"):
+        save_state(tmp_path, 2, model, optimizer, scheduler, {"seed": 0}, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000001.safetensors"
+    ]
+    state = latest_state(tmp_path)
+    assert state.step == 1 and state.optimizer["state"][0]["exp_avg"].shape == (2, 3)
+    torch.testing.assert_close(state.model["weight"], saved["weight"], rtol=0, atol=0)
+
+    monkeypatch.undo()
+    for step in (2, 3, 4):
+        save_state(tmp_path, step, model, optimizer, scheduler, {"seed": 0}, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+    (tmp_path / "checkpoints" / "step-00000004.safetensors").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="cannot read checkpoint"):
+        assert latest_state(tmp_path).step == 3
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_loss_falls_and_cosine_rises(photos, tmp_path):
+    out = tmp_path / "run"
+    result = train(config(photos, out, steps=10, val_every=10))
+    losses = [r["loss"] for r in records(out, "train")]
+    val = records(out, "val")
+    assert len(losses) == 10 and [r["step"] for r in val] == [0, 10]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses
+    assert val[-1]["mean_cos"] > val[0]["mean_cos"] + 0.1, val
+    assert result.timestep != 261.0 and result.skipped_images == 2
+    first = records(out, "train")[0]
+    assert set(first["cos"]) == {"mid", "us3"} and first["lr"] == 1e-3
+    assert first["images_per_s"] > 0 and first["peak_memory_bytes"] > 0
+
+
+def test_resume_after_signal_reproduces_uninterrupted_run(photos, straight_run, tmp_path):
+    out_a, straight = straight_run
+    out_b = tmp_path / "interrupted"
+
+    def interrupt(step, record):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = train(config(photos, out_b), on_step=interrupt)
+    assert stopped.interrupted and stopped.step == 2 and stopped.unet_file is None
+    assert [s for s, _ in list_checkpoints(out_b)] == [2]
+    with pytest.raises(CleanDIFTError, match="already holds checkpoints"):
+        train(config(photos, out_b))
+    with pytest.raises(CleanDIFTError, match="differs from the checkpoint"):
+        train(config(photos, out_b, resume=True, lr=2e-3))
+    resumed = train(config(photos, out_b, resume=True, workers=1))
+    assert resumed.step == 4 and not resumed.interrupted
+
+    a, _ = read_tensors(straight.full_file)
+    b, _ = read_tensors(resumed.full_file)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [r["step"] for r in records(out_b, "train")]
+    assert steps == [1, 2, 3, 4]  # the metrics log continues without duplicates
+    assert [r["loss"] for r in records(out_b, "train")] == [
+        r["loss"] for r in records(out_a, "train")
+    ]
+
+
+def test_student_files_load_strictly_and_through_from_pretrained(straight_run):
+    from diffusers import UNet2DConditionModel
+
+    from cleandift_rt import FeatureExtractor
+    from cleandift_rt.models import load_model
+
+    _, result = straight_run
+    state, meta = read_tensors(result.unet_file)
+    assert meta["format"] == "cleandift-rt.unet" and meta["base"] == "tiny"
+    recipe = json.loads(meta["recipe"])
+    assert recipe["lr"] == 1e-3 and recipe["bins"] == 3 and recipe["resolution"] == 64
+    assert float(meta["timestep"]) == pytest.approx(result.timestep)
+    unet = UNet2DConditionModel(**json.loads(meta["unet_config"]))
+    unet.load_state_dict(state, strict=True)
+    assert not torch.equal(state["conv_in.weight"], load_model("tiny").unet.conv_in.weight)
+
+    images = np.stack([np.full((64, 64, 3), v, np.uint8) for v in (30, 200)])
+    feats = {}
+    for kind, path in (("unet", result.unet_file), ("full", result.full_file)):
+        fx = FeatureExtractor.from_pretrained(path, taps=("us6",), device="cpu", dtype="fp32")
+        assert fx.runner.net.timestep.item() == pytest.approx(result.timestep)
+        feats[kind] = fx(list(images))["us6"]
+    torch.testing.assert_close(feats["unet"], feats["full"])
+    full, _ = read_tensors(result.full_file)
+    assert any(k.startswith("heads.") for k in full) and "context" in full
+
+
+def test_cli_errors_are_one_line(photos, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["--data", str(empty), "--out", str(tmp_path / "o1")], "no usable image"),
+        (["--data", str(photos), "--out", str(tmp_path / "o2"), "--resume"], "no checkpoint"),
+        (["--data", str(photos), "--out", str(tmp_path / "o3"), "--steps", "0"], "--steps"),
+        (["--data", str(photos), "--out", str(tmp_path / "o4"), "--resolution", "100"], "64"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--teacher", "tiny", "--no-progress", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not any((tmp_path / f"o{i}" / "checkpoints").exists() for i in range(1, 5))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run_matches_single_process(photos, straight_run, tmp_path):
+    out_a, _ = straight_run
+    out = tmp_path / "ddp"
+    args = [
+        *("--teacher", "tiny", "--data", str(photos), "--out", str(out), "--steps", "4"),
+        *("--batch-size", "2", "--resolution", "64", "--lr", "1e-3", "--warmup", "0"),
+        *("--taps", "mid,us3", "--log-every", "1", "--save-every", "100", "--val-every", "100"),
+        *("--val-images", "1", "--workers", "0", "--no-progress", "--no-tensorboard", "--json"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    proc = subprocess.run(
+        [*command, "-m", "training.distill", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # rank 0 only prints
+    assert summary["step"] == 4 and Path(summary["unet_file"]).is_file()
+    ddp_losses = [r["loss"] for r in records(out, "train")]
+    single = [r["loss"] for r in records(out_a, "train")]
+    np.testing.assert_allclose(ddp_losses, single, atol=2e-3)
+
+
+def test_exported_student_file_goes_through_cleandift_rt_export(straight_run, tmp_path):
+    import onnx  # noqa: F401  (the export test dependency; missing → fail, not skip)
+
+    from cleandift_rt.cli import main as cleandift_cli
+
+    _, result = straight_run
+    with pytest.raises(SystemExit) as exit_info:
+        cleandift_cli(
+            [
+                *("export", "--model", result.unet_file, "--taps", "us3", "--resolution", "64"),
+                *("--precision", "fp32", "--format", "onnx", "--device", "cpu"),
+                *("--out", str(tmp_path), "--no-validate", "--json"),
+            ]
+        )
+    assert exit_info.value.code == 0
+    (sidecar,) = tmp_path.glob("*.onnx.json")
+    assert json.loads(sidecar.read_text())["timestep"] == pytest.approx(result.timestep)
+
+
+def test_grad_checkpointing_matches_and_bf16_runs(photos, straight_run, tmp_path):
+    out_a, _ = straight_run
+    checkpointed = train(config(photos, tmp_path / "ckpt", steps=2, grad_checkpointing=True))
+    assert checkpointed.step == 2
+    losses = [r["loss"] for r in records(tmp_path / "ckpt", "train")]
+    np.testing.assert_allclose(losses, [r["loss"] for r in records(out_a, "train")][:2], atol=1e-4)
+    bf16 = train(config(photos, tmp_path / "bf16", steps=2, precision="bf16"))
+    assert bf16.step == 2 and np.isfinite(bf16.loss)
+
+
+def test_ctrl_c_on_the_cli_saves_a_resumable_checkpoint(photos, tmp_path):
+    import time
+
+    out = tmp_path / "cli"
+    args = [
+        *("--teacher", "tiny", "--data", str(photos), "--out", str(out), "--steps", "10000"),
+        *("--batch-size", "2", "--resolution", "64", "--taps", "us3", "--log-every", "1"),
+        *("--val-images", "0", "--workers", "2", "--no-progress", "--no-tensorboard"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.distill", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: main process and DataLoader workers
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "rerun with --resume" in stderr and "Traceback" not in stderr
+    ((step, _),) = list_checkpoints(out)
+    assert step >= 2 and latest_state(out).step == step

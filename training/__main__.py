@@ -1,0 +1,5 @@
+"""`python -m training` = `python -m training.distill`."""
+
+from .distill import main
+
+main()
