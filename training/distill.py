@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cleandift_rt.cli.common import run_console
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.checkpoint import save_student_checkpoint, save_unet_file
@@ -536,21 +537,7 @@ def cli(compile_: bool, as_json: bool, **flags) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input → one ``error: ...`` line on stderr and exit status 2."""
-    try:
-        cli.main(args=argv, prog_name="python -m training.distill", standalone_mode=False)
-    except click.ClickException as exc:
-        _fail(exc.format_message())
-    except click.exceptions.Abort:
-        _fail("aborted", 130)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except CleanDIFTError as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
+    run_console(cli, argv, "python -m training.distill")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,10 @@ module each; heavy imports happen inside them, so ``cleandift-rt --help`` starts
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from ..errors import CleanDIFTError
 from .bench_command import bench
-from .common import command_line, fail
+from .common import command_line, run_console
 from .eval_commands import eval_group
 from .export_command import export_command
 from .feature_commands import demo, extract, info, match
@@ -34,19 +31,4 @@ for command in (info, extract, match, demo, export_command, bench, eval_group, t
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors → one `error:` line and exit status 2."""
-    try:
-        code = cli.main(args=argv, prog_name="cleandift-rt", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # bare `cleandift-rt`
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        code = 0
-    except click.ClickException as exc:
-        fail(exc.format_message())
-    except click.exceptions.Abort:
-        fail("aborted", 130)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except CleanDIFTError as exc:
-        fail(str(exc))
-    except BrokenPipeError:
-        code = 0
-    sys.exit(code or 0)
+    run_console(cli, argv, "cleandift-rt")

@@ -17,6 +17,28 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def run_console(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
+    """Run a click command as a console program and exit: user errors (``CleanDIFTError``, bad
+    options) → one ``error: ...`` line and status 2; Ctrl-C → status 130; anything else is a bug
+    and keeps its traceback."""
+    try:
+        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 0
+    except click.ClickException as exc:
+        fail(exc.format_message())
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except CleanDIFTError as exc:
+        fail(str(exc))
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code or 0)
+
+
 def emit(payload: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(payload, indent=2) if as_json else text)
 

@@ -121,20 +121,9 @@ def eval_spair(
     categories,
     max_pairs,
     alphas,
-    model,
-    base,
-    resolution,
-    policy,
-    device,
-    dtype,
-    timestep,
-    taps,
-    artifact,
-    dift,
-    dift_t,
-    dift_ensemble,
     out,
     as_json,
+    **model_args,
 ):
     """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
     from ..evaluation.spair import evaluate_spair, read_pairs
@@ -143,24 +132,11 @@ def eval_spair(
     cats = [c for c in categories.split(",") if c] if categories else None
     thresholds = float_list(alphas, "--alpha")
     read_pairs(root, split, cats, max_pairs)  # bad folder → one line, before loading a model
-    fx, predict = _eval_predictor(
-        model,
-        base,
-        resolution,
-        policy,
-        device,
-        dtype,
-        timestep,
-        taps,
-        artifact,
-        dift,
-        dift_t,
-        dift_ensemble,
-    )
+    fx, predict = _eval_predictor(**model_args)
     summary = evaluate_spair(
         root, predict, split, cats, max_pairs, thresholds, progress=not as_json
     )
-    _eval_output(summary, fx, dift, out, as_json, f"SPair-71k {split}", "category")
+    _eval_output(summary, fx, model_args["dift"], out, as_json, f"SPair-71k {split}", "category")
 
 
 @eval_group.command("homography")
@@ -211,20 +187,9 @@ def eval_homography(
     grid,
     seed,
     thresholds,
-    model,
-    base,
-    resolution,
-    policy,
-    device,
-    dtype,
-    timestep,
-    taps,
-    artifact,
-    dift,
-    dift_t,
-    dift_ensemble,
     out,
     as_json,
+    **model_args,
 ):
     """PCK and end-point error on photos warped by seeded random homographies (no download)."""
     from ..evaluation.homography import evaluate_homography, load_photos, make_pairs
@@ -233,20 +198,9 @@ def eval_homography(
     alphas = float_list(thresholds, "--thresholds")
     pictures = load_photos([p for p in photos.split(",") if p], images)
     pairs = make_pairs(pictures, pairs_per_image, kind, seed, grid, strength)
-    fx, predict = _eval_predictor(
-        model,
-        base,
-        resolution,
-        policy,
-        device,
-        dtype,
-        timestep,
-        taps,
-        artifact,
-        dift,
-        dift_t,
-        dift_ensemble,
-    )
+    fx, predict = _eval_predictor(**model_args)
     summary = evaluate_homography(predict, pairs, alphas, progress=not as_json)
     summary.update(kind=kind, seed=seed, strength=strength, pairs_per_image=pairs_per_image)
-    _eval_output(summary, fx, dift, out, as_json, f"{kind} benchmark (seed {seed})", "photo")
+    _eval_output(
+        summary, fx, model_args["dift"], out, as_json, f"{kind} benchmark (seed {seed})", "photo"
+    )
