@@ -198,7 +198,7 @@ def test_block_memory_bound(monkeypatch):
         assert kq * rows * big_w <= bound or (kq == 1 and rows == 1)
         assert kq * cells <= lowres._DOTS_FLOATS or kq == 1  # one chunk's dots
     assert lowres._auto_chunks(7, 5, 3, 6) == (7, 5)
-    assert lowres._auto_chunks(256, 768, 768, 96 * 96) == (86, 15)  # 3 chunks of <= 86 queries
+    assert lowres._auto_chunks(4096, 768, 768, 96 * 96) == (410, 3)  # 10 chunks of <= 410
 
     # And the streaming loop really uses blocks of that size (spy on a run).
     seen = []
@@ -336,3 +336,32 @@ def test_dispatch_backends():
     else:  # CPU tensors need Triton's interpreter
         with pytest.raises(MatchError):
             cosine_argmax_fast(q, t, out, backend="triton")
+
+
+def test_pruning_skips_work_on_smooth_maps_and_stays_exact(monkeypatch):
+    # Smooth maps (neighbouring cells alike, as real features are) make the band bounds tight:
+    # many (query, band) pairs are skipped, and the answer is still the reference's, bit for bit
+    # in the argmax and within rounding in the score. Zero cells (inverse norm 1e12) included.
+    gen = _gen(21)
+    coarse = torch.randn(1, 24, 4, 5, generator=gen)
+    t = F.interpolate(coarse, (16, 20), mode="bilinear", align_corners=False)[0]
+    t[:, 3:5, 7:9] = 0.0
+    q = t[:, torch.randint(0, 16, (40,), generator=gen), torch.randint(0, 20, (40,), generator=gen)]
+    q = q.T + 0.05 * torch.randn(40, 24, generator=gen)
+    out = (128, 160)
+    folded = []
+    fold = lowres._fold_rows
+
+    def spy(dots, inv_norm, rows, cols, y_range, best, best_idx, queries=None):
+        if inv_norm.shape == out:  # the full grid, not the sub-grid giving reachable values
+            n = dots.shape[2] if queries is None else queries.numel()
+            folded.append(n * (y_range[1] - y_range[0]) * inv_norm.shape[1])
+        return fold(dots, inv_norm, rows, cols, y_range, best, best_idx, queries)
+
+    monkeypatch.setattr(lowres, "_fold_rows", spy)
+    coords, scores = cosine_argmax_lowres(q, t, out)
+    naive = naive_scores(q, t, out)
+    assert_agrees(coords, scores, *cosine_argmax(q, t, out), naive, out[1])
+    # Without pruning every query folds every row (1.0); here 0.54 (the bands around the zero
+    # cells, whose inverse norms are huge, can never be skipped).
+    assert sum(folded) < 0.6 * 40 * out[0] * out[1]

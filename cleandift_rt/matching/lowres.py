@@ -9,6 +9,8 @@ Bilinear upsampling is linear, so for output pixel ``p`` with corner cells ``i``
 :func:`cosine_argmax_lowres` streams blocks of output rows: it interpolates the low-resolution dot
 products along rows then columns, multiplies by the per-pixel inverse norm and keeps a running
 max / argmax per query. It never builds the upsampled ``C × H × W`` map nor a ``K × H·W`` matrix.
+Bands of rows that provably cannot hold a query's maximum are skipped for that query (an exact
+branch and bound, see :func:`_stream_argmax`): on smooth real features most of them.
 
 The helpers :func:`cell_gram` and :func:`inverse_norms` are shared with the Triton kernels.
 """
@@ -28,9 +30,9 @@ __all__ = ["cell_gram", "cosine_argmax_lowres", "inverse_norms"]
 # Floats in one streamed block tensor (K_chunk * rows * W): 4 MB, so the two such tensors live
 # at once stay cache-friendly and far under ~32 MB.
 _BLOCK_FLOATS = 1024 * 1024
-# Floats of one query chunk's low-resolution dots (K_chunk * h * w): 4 MB. Chunking the queries
-# costs no extra streaming steps (their number is K * H * W / _BLOCK_FLOATS either way).
-_DOTS_FLOATS = 1024 * 1024
+# Floats of one query chunk's low-resolution dots (K_chunk * h * w): 16 MB. Chunking the queries
+# costs few extra streaming steps (their number is about K * H * W / _BLOCK_FLOATS either way).
+_DOTS_FLOATS = 4 * 1024 * 1024
 # Float64 values in one temporary of the Gram / inverse-norm computations: 8 MB on GPUs (a few
 # kernel launches, and a few such temporaries stay far under the dots of K = 4096 queries against
 # a 48² map, 38 MB), 0.5 MB on CPUs (cache-resident).
@@ -129,6 +131,83 @@ def _auto_chunks(k: int, big_h: int, big_w: int, cells: int) -> tuple[int, int]:
     return kq, max(1, min(big_h, _BLOCK_FLOATS // (kq * big_w)))
 
 
+def _fold_rows(
+    dots: Tensor,
+    inv_norm: Tensor,
+    rows: tuple[Tensor, Tensor],
+    cols: tuple[Tensor, Tensor],
+    y_range: tuple[int, int],
+    best: Tensor,
+    best_idx: Tensor,
+    queries: Tensor | None = None,
+) -> None:
+    """Fold output rows ``y0 <= y < y1`` into the running max / argmax (in place).
+
+    Args:
+        dots: ``(h, w, K)`` float32 low-resolution dots ``q̂_k . f_ij``.
+        inv_norm: ``(H', W)`` float32 inverse norms of the output rows ``rows`` describes.
+        rows, cols: per-axis taps ``(n, 2)`` int64 indices and ``(n, 2)`` float32 weights.
+        y_range: ``(y0, y1)``: the output rows folded here (flat indices use ``y * W + x``).
+        best, best_idx: ``(K,)`` float32 running max and int64 flat argmax, updated in place.
+        queries: ``(Kact,)`` int64: fold only these queries (default: all).
+    """
+    (ri, rw), (ci, cw) = rows, cols
+    y0, y1 = y_range
+    big_w = inv_norm.shape[1]
+    r0, r1 = ri[y0:y1, 0], ri[y0:y1, 1]
+    lo = int(r0.min())
+    part = dots[lo : int(r1.max()) + 1]  # the cell rows these output rows read
+    if queries is not None:
+        part = part.index_select(2, queries)
+    a1 = rw[y0:y1, 1, None, None]
+    # Lerp form: equal corners give exactly their value, so constant regions tie exactly.
+    d_rows = torch.lerp(part.index_select(0, r0 - lo), part.index_select(0, r1 - lo), a1)
+    s = d_rows.index_select(1, ci[:, 0])  # (rows, W, Kact)
+    s.lerp_(d_rows.index_select(1, ci[:, 1]), cw[:, 1, None])
+    del d_rows
+    s.mul_(inv_norm[y0:y1, :, None])
+    # Max values first (a fast reduction); positions only for queries that improve.
+    row_max = s.amax(dim=1)  # (rows, Kact)
+    val = row_max.amax(dim=0)
+    current = best if queries is None else best[queries]
+    # Strictly greater: on ties the earlier rows (lower flat index) keep the win.
+    sel = (val > current).nonzero()[:, 0]
+    if sel.numel():
+        v = val[sel]
+        row = (row_max[:, sel] == v).to(torch.uint8).argmax(dim=0)  # first row with the max
+        x = (s[row, :, sel] == v[:, None]).to(torch.uint8).argmax(dim=1)  # first column
+        target = sel if queries is None else queries[sel]
+        best[target] = v
+        best_idx[target] = (row + y0) * big_w + x
+
+
+def _column_runs(cols: tuple[Tensor, Tensor], inv_norm: Tensor) -> tuple[Tensor, ...]:
+    """Runs of output columns sharing their two corner cells, and their inverse-norm extremes.
+
+    Returns ``(c0 (R,), c1 (R,), inv_max (H, R), inv_min (H, R))``: each run's corner cells and,
+    per output row, the largest / smallest inverse norm over the run's pixels.
+    """
+    ci = cols[0]
+    key = ci[:, 0] * (int(ci.max()) + 1) + ci[:, 1]
+    _, run_of, counts = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts
+    index = run_of.expand_as(inv_norm)
+    shape = (inv_norm.shape[0], counts.shape[0])
+    inv_max = inv_norm.new_zeros(shape).scatter_reduce_(
+        1, index, inv_norm, "amax", include_self=False
+    )
+    inv_min = inv_norm.new_zeros(shape).scatter_reduce_(
+        1, index, inv_norm, "amin", include_self=False
+    )
+    return ci[first, 0], ci[first, 1], inv_max, inv_min
+
+
+def _subgrid(n: int, cells: int) -> Tensor:
+    """About one output index per feature cell along an axis of ``n`` outputs (never empty)."""
+    step = max(1, n // max(1, cells))
+    return torch.arange(step // 2, n, step)
+
+
 def _stream_argmax(
     dots: Tensor,
     inv_norm: Tensor,
@@ -136,46 +215,66 @@ def _stream_argmax(
     cols: tuple[Tensor, Tensor],
     block: int,
 ) -> tuple[Tensor, Tensor]:
-    """Running max / argmax of the upsampled cosine over blocks of output rows.
+    """Running max / argmax of the upsampled cosine over bands of output rows, with pruning.
+
+    Exact branch and bound: an interpolated dot lies between its corner dots, so over a band of
+    output rows a query's cosine is at most ``max corner dot × max inverse norm`` (``× min
+    inverse norm`` when that dot is negative), taken per run of columns. The cosines at about
+    one output pixel per feature cell give each query a value it surely reaches; a band whose
+    bound is below that value (or below the best found so far) cannot hold the maximum, nor a
+    tie, so it is skipped for that query. Bounds carry a relative margin of 1e-5 against
+    float32 rounding. Every other pixel is evaluated exactly as without pruning.
 
     Args:
         dots: ``(h, w, K)`` float32 low-resolution dots ``q̂_k . f_ij``.
         inv_norm: ``(H, W)`` float32 per-pixel inverse norms.
         rows, cols: per-axis taps ``(n, 2)`` int64 indices and ``(n, 2)`` float32 weights.
-        block: output rows per block.
+        block: output rows per streamed block for all K queries (more when fewer are active,
+            in the same memory).
 
     Returns:
         ``(K,)`` int64 flat indices ``y * W + x`` (lowest on ties) and ``(K,)`` float32 scores.
     """
-    ri, rw = rows
-    ci, cw = cols
+    h, w, k = dots.shape
     big_h, big_w = inv_norm.shape
-    k = dots.shape[2]
-    r0, r1 = ri[:, 0].contiguous(), ri[:, 1].contiguous()
-    c0, c1 = ci[:, 0].contiguous(), ci[:, 1].contiguous()
-    b1 = cw[:, 1, None].contiguous()  # (W, 1), broadcast over queries
-    best = torch.full((k,), float("-inf"), dtype=torch.float32, device=dots.device)
-    best_idx = torch.zeros(k, dtype=torch.int64, device=dots.device)
-    for y0 in range(0, big_h, block):
-        y1 = min(big_h, y0 + block)
-        a1 = rw[y0:y1, 1, None, None]
-        # Lerp form: equal corners give exactly their value, so constant regions tie exactly.
-        d_rows = torch.lerp(dots.index_select(0, r0[y0:y1]), dots.index_select(0, r1[y0:y1]), a1)
-        s = d_rows.index_select(1, c0)  # (b, W, K)
-        s.lerp_(d_rows.index_select(1, c1), b1)
-        del d_rows
-        s.mul_(inv_norm[y0:y1, :, None])
-        # Max values first (a fast reduction); positions only for queries that improve.
-        row_max = s.amax(dim=1)  # (b, K)
-        val = row_max.amax(dim=0)
-        # Strictly greater: on ties the earlier block (lower flat index) keeps the win.
-        sel = (val > best).nonzero()[:, 0]
-        if sel.numel():
-            v = val[sel]
-            row = (row_max[:, sel] == v).to(torch.uint8).argmax(dim=0)  # first row with the max
-            x = (s[row, :, sel] == v[:, None]).to(torch.uint8).argmax(dim=1)  # first column
-            best[sel] = v
-            best_idx[sel] = (row + y0) * big_w + x
+    dev = dots.device
+    best = torch.full((k,), float("-inf"), dtype=torch.float32, device=dev)
+    best_idx = torch.zeros(k, dtype=torch.int64, device=dev)
+
+    # A value each query surely reaches: its best cosine on a sub-grid of output pixels.
+    sy, sx = _subgrid(big_h, h).to(dev), _subgrid(big_w, w).to(dev)
+    sub_rows = (rows[0][sy], rows[1][sy])
+    sub_cols = (cols[0][sx], cols[1][sx])
+    reach = torch.full_like(best, float("-inf"))
+    sub_idx = torch.zeros_like(best_idx)
+    sub_inv = inv_norm[sy][:, sx]
+    sub_block = max(1, _BLOCK_FLOATS // max(1, k * sx.numel()))
+    for y0 in range(0, sy.numel(), sub_block):
+        y_range = (y0, min(sy.numel(), y0 + sub_block))
+        _fold_rows(dots, sub_inv, sub_rows, sub_cols, y_range, reach, sub_idx)
+    reach -= 1e-5 * reach.abs() + 1e-12
+
+    run_c0, run_c1, run_inv_max, run_inv_min = _column_runs(cols, inv_norm)
+    ri = rows[0]
+    band = 2 * -(-big_h // h)  # output rows of about two cell rows: bounds stay local
+    for y0 in range(0, big_h, band):
+        y1 = min(big_h, y0 + band)
+        lo, hi = int(ri[y0:y1, 0].min()), int(ri[y0:y1, 1].max())
+        top = dots[lo : hi + 1].amax(dim=0)  # (w, K): best corner dot per cell column
+        corner = torch.maximum(top.index_select(0, run_c0), top.index_select(0, run_c1))
+        inv_hi = run_inv_max[y0:y1].amax(dim=0)[:, None]  # (runs, 1)
+        inv_lo = run_inv_min[y0:y1].amin(dim=0)[:, None]
+        bound = torch.where(corner >= 0, corner * inv_hi, corner * inv_lo).amax(dim=0)  # (K,)
+        bound += 1e-5 * bound.abs() + 1e-12
+        active = (bound >= torch.maximum(best, reach)).nonzero()[:, 0]
+        if active.numel() == 0:
+            continue
+        queries = None if active.numel() == k else active
+        step = max(block, _BLOCK_FLOATS // (active.numel() * big_w))
+        for ya in range(y0, y1, step):
+            _fold_rows(
+                dots, inv_norm, rows, cols, (ya, min(y1, ya + step)), best, best_idx, queries
+            )
     return best_idx, best
 
 
@@ -193,8 +292,9 @@ def cosine_argmax_lowres(
     Same contract and results as :func:`~cleandift_rt.matching.reference.cosine_argmax` (up to
     float32 rounding), computed from the low-resolution map: one ``(h·w × K)`` GEMM, five Gram
     entries per cell and ``H·W`` inverse norms, then blocks of output rows streamed through a
-    running max. Extra memory is ``H·W`` inverse norms plus a few 4 MB blocks (query chunks'
-    dots and streamed rows), independent of ``C`` and ``K``.
+    running max that skips, per query, the bands of rows whose cosine bound is below a value the
+    query surely reaches (exact branch and bound). Extra memory is ``H·W`` inverse norms, a query
+    chunk's dots (at most 16 MB) and a few 4 MB blocks, independent of ``C`` and ``K``.
 
     Args:
         queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target. Any floating
