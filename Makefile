@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (offline demo on the tiny model) and `make test`.
+# Two entry points: `make demo` (offline demo on the bundled toy model) and `make test`.
 # Each creates .venv when missing. PyTorch comes from a local wheel when one is on disk
 # (PIP_FIND_LINKS, /opt/wheels), else from TORCH_INDEX when set (e.g. the CPU index
 # https://download.pytorch.org/whl/cpu), else from the default index.
@@ -10,10 +10,10 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 WHEEL_DIRS := $(subst :, ,$(PIP_FIND_LINKS)) /opt/wheels
 LOCAL_TORCH := $(firstword $(wildcard $(addsuffix /torch-$(TORCH_VERSION)*.whl,$(WHEEL_DIRS))))
-DEMO_MODEL ?= tiny
+DEMO_MODEL ?= toy
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-cpp lint format clean
+.PHONY: demo test test-cpp lint format clean toy-weights
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,22 @@ test-cpp: $(VENV)/.installed
 	cmake --build $(CPP_BUILD) -j $(CPP_JOBS)
 	ctest --test-dir $(CPP_BUILD) --output-on-failure
 	CLEANDIFT_RT_CPP_BUILD=$(abspath $(CPP_BUILD))/python $(PY) -m pytest -q tests/test_cpp_bindings.py
+
+# Regenerate the bundled toy weights (cleandift_rt/models/toy/) from scratch on this machine:
+# pretrain the toy SD, install it as `toy-base`, distil `toy` from it, install the student.
+TOY_RUN ?= runs/toy
+TOY_PRETRAIN := python -m training.pretrain_toy --out $(TOY_RUN)/pretrain
+TOY_DISTILL := python -m training.distill --teacher toy-base --data $(TOY_RUN)/photos \
+  --out $(TOY_RUN)/distill --steps 300 --batch-size 8 --lr 1e-4 --warmup 30 --workers 0 \
+  --save-every 50 --val-every 50
+
+toy-weights: $(VENV)/.installed
+	$(VENV)/bin/$(TOY_PRETRAIN)
+	$(PY) -m training.toy_release base --from $(TOY_RUN)/pretrain/model --command "$(TOY_PRETRAIN)"
+	$(PY) -m training.toy_photos $(TOY_RUN)/photos --crops 16 --size 256
+	$(VENV)/bin/$(TOY_DISTILL)
+	$(PY) -m training.toy_release student --command "$(TOY_DISTILL)" \
+	  --from $(TOY_RUN)/distill/cleandift_toy-base_unet.safetensors
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

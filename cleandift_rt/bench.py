@@ -54,7 +54,7 @@ class BenchSettings:
     backend takes the device's default precision (fp16 on CUDA, fp32 on the CPU).
     min_time: seconds of timed runs per case (at least ``reps`` runs, at most 1000)."""
 
-    model: str = "tiny"
+    model: str = "toy"
     taps: tuple[str, ...] = ("us6",)
     resolutions: tuple[int, ...] = (256,)
     batches: tuple[int, ...] = (1,)

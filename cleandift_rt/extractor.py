@@ -135,7 +135,7 @@ class FeatureExtractor:
     @classmethod
     def from_pretrained(
         cls,
-        model: str = "tiny",
+        model: str = "toy",
         taps: str | Sequence[str] = ("us6",),
         *,
         device: str | torch.device | None = None,

@@ -203,7 +203,7 @@ def test_export_cli_json_and_errors(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["outputs"] == {"us6": ["batch", 64, 4, 4]} and payload["format"] == "onnx"
     assert sorted(p.name for p in out.iterdir()) == [
-        "tiny-us6-64x64-b1-fp32.onnx", "tiny-us6-64x64-b1-fp32.onnx.json"]  # fmt: skip
+        "toy-us6-64x64-b1-fp32.onnx", "toy-us6-64x64-b1-fp32.onnx.json"]  # fmt: skip
     with pytest.raises(SystemExit) as code:
         main(["export", "--resolution", "96", "--device", "cpu", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -198,7 +198,7 @@ def test_block_memory_bound(monkeypatch):
         assert kq * rows * big_w <= bound or (kq == 1 and rows == 1)
         assert kq * cells <= lowres._DOTS_FLOATS or kq == 1  # one chunk's dots
     assert lowres._auto_chunks(7, 5, 3, 6) == (7, 5)
-    assert lowres._auto_chunks(4096, 768, 768, 96 * 96) == (410, 3)  # 10 chunks of <= 410
+    assert lowres._auto_chunks(4096, 768, 768, 96 * 96) == (410, 8)  # 10 chunks of <= 410
 
     # And the streaming loop really uses blocks of that size (spy on a run).
     seen = []
@@ -352,11 +352,11 @@ def test_pruning_skips_work_on_smooth_maps_and_stays_exact(monkeypatch):
     folded = []
     fold = lowres._fold_rows
 
-    def spy(dots, inv_norm, rows, cols, y_range, best, best_idx, queries=None):
-        if inv_norm.shape == out:  # the full grid, not the sub-grid giving reachable values
+    def spy(dots, runs, rows, y_range, best, best_idx, width, queries=None):
+        if width == out[1]:  # the full grid, not the sub-grid giving reachable values
             n = dots.shape[2] if queries is None else queries.numel()
-            folded.append(n * (y_range[1] - y_range[0]) * inv_norm.shape[1])
-        return fold(dots, inv_norm, rows, cols, y_range, best, best_idx, queries)
+            folded.append(n * (y_range[1] - y_range[0]) * width)
+        return fold(dots, runs, rows, y_range, best, best_idx, width, queries)
 
     monkeypatch.setattr(lowres, "_fold_rows", spy)
     coords, scores = cosine_argmax_lowres(q, t, out)
@@ -365,3 +365,76 @@ def test_pruning_skips_work_on_smooth_maps_and_stays_exact(monkeypatch):
     # Without pruning every query folds every row (1.0); here 0.54 (the bands around the zero
     # cells, whose inverse norms are huge, can never be skipped).
     assert sum(folded) < 0.6 * 40 * out[0] * out[1]
+
+
+def _dense_lerp_argmax(q, t, grid):
+    """The low-res method's float32 operations on the whole output grid at once (no blocks,
+    no runs, no pruning): lerp along y, lerp along x, times the inverse norm, first maximum."""
+    c, h, w = t.shape
+    (ri, rw), (ci, cw) = grid.axis_weights("y", h), grid.axis_weights("x", w)
+    dots = (t.reshape(c, h * w).T @ F.normalize(q, dim=1).T).contiguous().view(h, w, -1)
+    d_rows = torch.lerp(dots[ri[:, 0]], dots[ri[:, 1]], rw[:, 1, None, None])  # (H, w, K)
+    s = torch.lerp(d_rows[:, ci[:, 0]], d_rows[:, ci[:, 1]], cw[:, 1, None])  # (H, W, K)
+    s *= inverse_norms(cell_gram(t), (ri, rw), (ci, cw))[..., None]
+    flat = s.reshape(-1, s.shape[2])
+    idx = flat.argmax(dim=0)  # first maximum: lowest flat index
+    return torch.stack([idx % grid.size[1], idx // grid.size[1]], dim=1), flat.max(dim=0).values
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        PixelGrid.interpolate((7, 9), (23, 37)),  # non-integer factors: runs of 2 and 3 columns
+        PixelGrid.interpolate((7, 9), (70, 90)),  # runs of 10, edge runs of 5
+        # Long clamped edge runs (padding) next to short ones: runs are split and padded.
+        PixelGrid.from_input_transform((45, 60), (1.1, 0.9), (40.0, -3.0), (8.0, 8.0)),
+    ],
+)
+def test_runs_evaluate_exactly_like_dense_lerps(grid, monkeypatch):
+    # Column runs, row pieces, single-pair broadcasts and pruning change which values are
+    # computed when, never how: scores and argmax (ties included) are bit for bit those of the
+    # dense evaluation, for any block size. Zero cells and a constant patch give exact ties.
+    gen = _gen(30)
+    t = torch.randn(12, 7, 9, generator=gen)
+    t[:, 2:4, 3:6] = t[:, 2:3, 3:4]  # a constant patch: a plateau of exactly equal cosines
+    t[:, 5, 7] = 0.0
+    q = torch.cat([torch.randn(20, 12, generator=gen), t[:, 2, 3][None], -t[:, 2, 3][None]])
+    want_c, want_s = _dense_lerp_argmax(q, t, grid)
+    for block in (1, 2, None):
+        coords, scores = cosine_argmax_lowres(q, t, grid=grid, block=block)
+        assert torch.equal(coords, want_c) and torch.equal(scores, want_s)
+    # Small blocks also split the sub-grid and the bands into many pieces (and the queries into
+    # chunks: the GEMM of the dots may round differently for another chunk width).
+    monkeypatch.setattr(lowres, "_BLOCK_FLOATS", 3 * grid.size[1])
+    coords, scores = cosine_argmax_lowres(q, t, grid=grid)
+    assert torch.equal(coords, want_c)
+    torch.testing.assert_close(scores, want_s, atol=1e-6, rtol=0)
+
+
+def test_column_runs_cover_every_column_in_order():
+    grid = PixelGrid.from_input_transform((45, 60), (1.1, 0.9), (40.0, -3.0), (8.0, 8.0))
+    cols = grid.axis_weights("x", 9)
+    inv = torch.rand(5, 60, generator=_gen(31))
+    runs = lowres._column_runs(cols, inv)
+    n_runs, p = runs.weight.shape[:2]
+    x = runs.x.view(n_runs, p)
+    # Every column once, in increasing order; padding repeats a run's last column.
+    assert torch.equal(torch.unique_consecutive(runs.x), torch.arange(60))
+    assert bool((runs.x[1:] >= runs.x[:-1]).all())
+    # Each slot has its column's corner cells, weight and inverse norms.
+    assert torch.equal(runs.ends[:n_runs, None].expand(-1, p), cols[0][x, 0])
+    assert torch.equal(runs.ends[n_runs:, None].expand(-1, p), cols[0][x, 1])
+    assert torch.equal(runs.weight[..., 0], cols[1][x, 1])
+    assert torch.equal(runs.inv[..., 0], inv[:, x])
+    assert n_runs * p <= 1.25 * 60  # few padded slots
+
+
+def test_row_pieces_stay_within_runs_of_rows():
+    starts = [0, 4, 12, 20]  # rows sharing their corner cell rows: [0, 4), [4, 12), ...
+    pieces = lowres._row_pieces(2, 22, 3, starts)
+    assert pieces == [(2, 4), (4, 7), (7, 10), (10, 12), (12, 15), (15, 18), (18, 20), (20, 22)]
+    assert lowres._row_pieces(5, 6, 100, starts) == [(5, 6)]
+    # 3 cells -> 12 rows: rows 0-5 read cells (0, 1) (the top two clamped, weight 0), rows 6-9
+    # cells (1, 2), rows 10-11 the clamped last cell (2, 2).
+    rows = PixelGrid.interpolate((3, 5), (12, 5)).axis_weights("y", 3)
+    assert lowres._row_starts(rows) == [0, 6, 10]

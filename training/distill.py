@@ -13,18 +13,15 @@ metadata) and ``<name>_full.safetensors`` (student + heads + timestep + empty-pr
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import re
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -59,9 +56,10 @@ from .objective import (
     stratified_timesteps,
 )
 from .state import latest_state, list_checkpoints, restore_rng, save_state
+from .stop import StopFlag, report_run
 
 # --teacher short names → load_model names (the teacher is the *base* SD U-Net)
-TEACHERS = {"sd21": "sd21-base", "sd15": "sd15-base", "tiny": "tiny"}
+TEACHERS = {"sd21": "sd21-base", "sd15": "sd15-base", "toy": "toy-base", "tiny": "tiny"}
 DISTILLED_TAPS = "mid," + ",".join(f"us{i}" for i in range(1, 11))  # K = 11; us11/us12 are not
 INIT_TIMESTEP = 261.0
 # flags that must equal the checkpoint's on --resume (steps, logging and saving may change)
@@ -135,29 +133,6 @@ class TrainResult:
     images_per_s: float | None = None
     skipped_images: int = 0
     seconds: float = 0.0
-
-
-class StopFlag:
-    """Set by the first SIGINT / SIGTERM (a second SIGINT interrupts at once)."""
-
-    def __init__(self):
-        self.set = False
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame):
-        self.set = True
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _check(cfg: TrainConfig, world: int) -> None:
@@ -489,7 +464,7 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option(
-    "--teacher", default="sd21", help="sd21, sd15, tiny, random:sd21, or a diffusers folder."
+    "--teacher", default="sd21", help="sd21, sd15, toy, tiny, random:sd21, or a diffusers folder."
 )
 @click.option("--data", required=True, help="Image folder (jpg/png/webp, nested or flat).")
 @click.option("--out", required=True, help="Run folder: checkpoints, metrics, student files.")
@@ -525,14 +500,7 @@ def cli(compile_: bool, as_json: bool, **flags) -> None:
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if as_json:
-        click.echo(json.dumps(asdict(result), indent=2))
-    elif result.interrupted:
-        click.echo(f"interrupted at step {result.step}; state in {result.checkpoint}")
-    else:
-        click.echo(f"student: {result.unet_file}\nfull checkpoint: {result.full_file}")
-    if result.interrupted:
-        sys.exit(130)
+    report_run(result, as_json, f"student: {result.unet_file}\nfull checkpoint: {result.full_file}")
 
 
 def main(argv: list[str] | None = None) -> None:

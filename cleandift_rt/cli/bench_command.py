@@ -13,9 +13,9 @@ from .common import check_suffix, command_line, emit, int_list, write_report
 @click.command()
 @click.option(
     "--model",
-    default="tiny",
+    default="toy",
     show_default=True,
-    help="tiny, random:sd21, random:sd15, or any model `extract` takes.",
+    help="toy, tiny, random:sd21, random:sd15, or any model `extract` takes.",
 )
 @click.option("--taps", default="us6", show_default=True, help="Comma-separated taps.")
 @click.option("--resolutions", default="256", show_default=True, help="Square sides, e.g. 512,768.")

@@ -50,9 +50,10 @@ def model_options(taps_option: bool):
         options = [
             click.option(
                 "--model",
-                default="tiny",
+                default="toy",
                 show_default=True,
-                help="Preset (sd21, sd15, sd21-base, sd15-base, tiny), diffusers folder, "
+                help="Preset (sd21, sd15, sd21-base, sd15-base, toy, toy-base, tiny), "
+                "diffusers folder, "
                 "hub id or CleanDIFT .safetensors file.",
             ),
             click.option("--base", default=None, help="Base model of a bare *_unet.safetensors."),

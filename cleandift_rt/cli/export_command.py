@@ -10,7 +10,7 @@ from .common import emit
 
 
 @click.command("export")
-@click.option("--model", default="tiny", show_default=True, help="Model to export (see `extract`).")
+@click.option("--model", default="toy", show_default=True, help="Model to export (see `extract`).")
 @click.option("--base", default=None, help="Base model of a bare *_unet.safetensors.")
 @click.option("--taps", default="us6", show_default=True, help="Comma-separated taps.")
 @click.option("--resolution", type=click.IntRange(1), default=None, help="Square input size.")

@@ -44,7 +44,7 @@ class DIFTRunner:
 
 
 def build_extractor(
-    model: str = "tiny",
+    model: str = "toy",
     taps: str | Sequence[str] = ("us6",),
     *,
     artifact: str | None = None,

@@ -9,6 +9,10 @@ Bilinear upsampling is linear, so for output pixel ``p`` with corner cells ``i``
 :func:`cosine_argmax_lowres` streams blocks of output rows: it interpolates the low-resolution dot
 products along rows then columns, multiplies by the per-pixel inverse norm and keeps a running
 max / argmax per query. It never builds the upsampled ``C × H × W`` map nor a ``K × H·W`` matrix.
+Output columns come in runs sharing their two corner cells and output rows in runs sharing their
+two cell rows, so both interpolations are broadcasts of a few low-resolution values (no gathers
+of full blocks): per output value one lerp, one multiply and one max, exactly the operations of
+interpolating the whole block, in the same order.
 Bands of rows that provably cannot hold a query's maximum are skipped for that query (an exact
 branch and bound, see :func:`_stream_argmax`): on smooth real features most of them.
 
@@ -16,6 +20,9 @@ The helpers :func:`cell_gram` and :func:`inverse_norms` are shared with the Trit
 """
 
 from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +34,10 @@ from cleandift_rt.matching.reference import _NORM_EPS, check_inputs, resolve_gri
 
 __all__ = ["cell_gram", "cosine_argmax_lowres", "inverse_norms"]
 
-# Floats in one streamed block tensor (K_chunk * rows * W): 4 MB, so the two such tensors live
-# at once stay cache-friendly and far under ~32 MB.
-_BLOCK_FLOATS = 1024 * 1024
+# Floats in one streamed block tensor (K_chunk * rows * W): 10 MB, enough for a whole run of 8
+# output rows sharing their cell rows (8x upsampling) for the ~410 queries of a chunk against a
+# 96² map, so each run is folded in one set of ops; the other temporaries are a fraction of it.
+_BLOCK_FLOATS = 5 * 512 * 1024
 # Floats of one query chunk's low-resolution dots (K_chunk * h * w): 16 MB. Chunking the queries
 # costs few extra streaming steps (their number is about K * H * W / _BLOCK_FLOATS either way).
 _DOTS_FLOATS = 4 * 1024 * 1024
@@ -131,43 +139,117 @@ def _auto_chunks(k: int, big_h: int, big_w: int, cells: int) -> tuple[int, int]:
     return kq, max(1, min(big_h, _BLOCK_FLOATS // (kq * big_w)))
 
 
+@dataclass(frozen=True)
+class _ColumnRuns:
+    """Output columns regrouped as runs of ``P`` slots sharing their two corner cells.
+
+    Consecutive output columns with the same corner cells ``(c0, c1)`` form a run; long runs are
+    split so that every run fits ``P`` slots, and short ones are padded by repeating their last
+    column. A padded slot evaluates exactly like the column it repeats and comes after it, so
+    the first maximum over slots is still the first maximum over columns. The column lerp then
+    is one broadcast of each run's two corner values over its slots (no gathers of full rows).
+
+    Attributes:
+        ends: ``(2R,)`` int64 corner cells: each run's left cells ``c0``, then its right ``c1``.
+        x: ``(R * P,)`` int64 output column of each slot (run-major, increasing).
+        weight: ``(R, P, 1)`` float32 lerp weight towards ``c1`` of each slot.
+        inv: ``(H, R, P, 1)`` float32 inverse norm of each slot, per output row.
+    """
+
+    ends: Tensor
+    x: Tensor
+    weight: Tensor
+    inv: Tensor
+
+
+def _column_runs(cols: tuple[Tensor, Tensor], inv_norm: Tensor) -> _ColumnRuns:
+    """Split the ``W`` output columns into ``R`` runs of ``P`` slots.
+
+    ``P`` minimises the values written per output row, ``R * P`` slots plus the ``2R``
+    interpolated corner values (ties: the larger ``P``); e.g. runs of 8 columns at 8×
+    upsampling, with the two clamped half runs of 4 at the borders padded to 8.
+
+    Args:
+        cols: ``(W, 2)`` int64 corner cells and ``(W, 2)`` float32 weights along x.
+        inv_norm: ``(H, W)`` float32 inverse norms.
+    """
+    ci, cw = cols
+    key = ci[:, 0] * (int(ci.max()) + 1) + ci[:, 1]
+    counts = torch.unique_consecutive(key.cpu(), return_counts=True)[1].tolist()
+    n_runs = {p: sum(-(-n // p) for n in counts) for p in range(1, max(counts) + 1)}
+    p = min(n_runs, key=lambda q: ((q + 2) * n_runs[q], -q))
+    starts, x = [], []  # first column of each run, column of each slot
+    first = 0
+    for n in counts:
+        for start in range(first, first + n, p):
+            starts.append(start)
+            x.extend(min(start + j, first + n - 1) for j in range(p))
+        first += n
+    start_t = torch.tensor(starts, device=ci.device)
+    x_t = torch.tensor(x, device=ci.device).view(-1, p)  # (R, P)
+    return _ColumnRuns(
+        ends=torch.cat([ci[start_t, 0], ci[start_t, 1]]),
+        x=x_t.reshape(-1),
+        weight=cw[:, 1][x_t].unsqueeze(-1),
+        inv=inv_norm[:, x_t].unsqueeze(-1),
+    )
+
+
 def _fold_rows(
     dots: Tensor,
-    inv_norm: Tensor,
+    runs: _ColumnRuns,
     rows: tuple[Tensor, Tensor],
-    cols: tuple[Tensor, Tensor],
     y_range: tuple[int, int],
     best: Tensor,
     best_idx: Tensor,
+    width: int,
     queries: Tensor | None = None,
 ) -> None:
     """Fold output rows ``y0 <= y < y1`` into the running max / argmax (in place).
 
+    Per element the same float32 operations as interpolating rows then columns of the whole
+    block: ``lerp`` along y, ``lerp`` along x, times the inverse norm. Each column run's two
+    corner values are interpolated along y (a ``(rows, 2R, Kact)`` tensor: broadcasts of two
+    cell rows when all rows share them, as :func:`_row_pieces` cuts bands) and broadcast over
+    the run's slots: the only full-size passes are the column lerp that writes the block, the
+    inverse-norm multiply and the max.
+
     Args:
         dots: ``(h, w, K)`` float32 low-resolution dots ``q̂_k . f_ij``.
-        inv_norm: ``(H', W)`` float32 inverse norms of the output rows ``rows`` describes.
-        rows, cols: per-axis taps ``(n, 2)`` int64 indices and ``(n, 2)`` float32 weights.
-        y_range: ``(y0, y1)``: the output rows folded here (flat indices use ``y * W + x``).
-        best, best_idx: ``(K,)`` float32 running max and int64 flat argmax, updated in place.
+        runs: the output columns as runs (:func:`_column_runs`), with ``runs.inv`` covering the
+            rows ``rows`` describes.
+        rows: taps along y, ``(n, 2)`` int64 cell rows and ``(n, 2)`` float32 weights.
+        y_range: ``(y0, y1)``: the output rows folded here.
+        best, best_idx: ``(K,)`` float32 running max and int64 flat argmax ``y * width + x``,
+            updated in place.
+        width: output columns per row in the flat index.
         queries: ``(Kact,)`` int64: fold only these queries (default: all).
     """
-    (ri, rw), (ci, cw) = rows, cols
+    ri, rw = rows
     y0, y1 = y_range
-    big_w = inv_norm.shape[1]
     r0, r1 = ri[y0:y1, 0], ri[y0:y1, 1]
-    lo = int(r0.min())
-    part = dots[lo : int(r1.max()) + 1]  # the cell rows these output rows read
+    lo, hi = int(r0.min()), int(r1.max())
+    part = dots[lo : hi + 1]  # (n, w, K): the cell rows these output rows read
     if queries is not None:
         part = part.index_select(2, queries)
-    a1 = rw[y0:y1, 1, None, None]
+    a1 = rw[y0:y1, 1, None, None]  # (rows, 1, 1)
     # Lerp form: equal corners give exactly their value, so constant regions tie exactly.
-    d_rows = torch.lerp(part.index_select(0, r0 - lo), part.index_select(0, r1 - lo), a1)
-    s = d_rows.index_select(1, ci[:, 0])  # (rows, W, Kact)
-    s.lerp_(d_rows.index_select(1, ci[:, 1]), cw[:, 1, None])
-    del d_rows
-    s.mul_(inv_norm[y0:y1, :, None])
-    # Max values first (a fast reduction); positions only for queries that improve.
-    row_max = s.amax(dim=1)  # (rows, Kact)
+    if int(r0.max()) == lo and int(r1.min()) == hi:  # one pair of cell rows: broadcast it
+        ends = part.index_select(1, runs.ends)  # (1 or 2, 2R, Kact)
+        sides = torch.lerp(ends[:1], ends[-1:], a1)  # (rows, 2R, Kact)
+    else:
+        d_rows = torch.lerp(part.index_select(0, r0 - lo), part.index_select(0, r1 - lo), a1)
+        sides = d_rows.index_select(1, runs.ends)
+        del d_rows
+    n_runs = runs.weight.shape[0]
+    left, right = sides[:, :n_runs, None], sides[:, n_runs:, None]  # (rows, R, 1, Kact)
+    s = torch.lerp(left, right, runs.weight)  # (rows, R, P, Kact)
+    del sides, left, right
+    s.mul_(runs.inv[y0:y1])  # cosines
+    # Max values first (a fast reduction: over slots, then runs); positions only for queries
+    # that improve.
+    row_max = s.amax(dim=2).amax(dim=1)  # (rows, Kact)
+    s = s.flatten(1, 2)  # (rows, R * P, Kact)
     val = row_max.amax(dim=0)
     current = best if queries is None else best[queries]
     # Strictly greater: on ties the earlier rows (lower flat index) keep the win.
@@ -175,31 +257,28 @@ def _fold_rows(
     if sel.numel():
         v = val[sel]
         row = (row_max[:, sel] == v).to(torch.uint8).argmax(dim=0)  # first row with the max
-        x = (s[row, :, sel] == v[:, None]).to(torch.uint8).argmax(dim=1)  # first column
+        slot = (s[row, :, sel] == v[:, None]).to(torch.uint8).argmax(dim=1)  # first slot
         target = sel if queries is None else queries[sel]
         best[target] = v
-        best_idx[target] = (row + y0) * big_w + x
+        best_idx[target] = (row + y0) * width + runs.x[slot]
 
 
-def _column_runs(cols: tuple[Tensor, Tensor], inv_norm: Tensor) -> tuple[Tensor, ...]:
-    """Runs of output columns sharing their two corner cells, and their inverse-norm extremes.
+def _row_starts(rows: tuple[Tensor, Tensor]) -> list[int]:
+    """Output rows where the pair of corner cell rows changes (always including 0), on the host."""
+    ri = rows[0].cpu()
+    change = (ri[1:] != ri[:-1]).any(dim=1).nonzero()[:, 0] + 1
+    return [0, *change.tolist()]
 
-    Returns ``(c0 (R,), c1 (R,), inv_max (H, R), inv_min (H, R))``: each run's corner cells and,
-    per output row, the largest / smallest inverse norm over the run's pixels.
-    """
-    ci = cols[0]
-    key = ci[:, 0] * (int(ci.max()) + 1) + ci[:, 1]
-    _, run_of, counts = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
-    first = torch.cumsum(counts, 0) - counts
-    index = run_of.expand_as(inv_norm)
-    shape = (inv_norm.shape[0], counts.shape[0])
-    inv_max = inv_norm.new_zeros(shape).scatter_reduce_(
-        1, index, inv_norm, "amax", include_self=False
-    )
-    inv_min = inv_norm.new_zeros(shape).scatter_reduce_(
-        1, index, inv_norm, "amin", include_self=False
-    )
-    return ci[first, 0], ci[first, 1], inv_max, inv_min
+
+def _row_pieces(y0: int, y1: int, step: int, starts: list[int]) -> list[tuple[int, int]]:
+    """Cut output rows ``[y0, y1)`` into pieces of at most ``step`` rows that each lie within
+    one run of rows sharing their corner cell rows (runs begin at ``starts``, sorted)."""
+    cuts = [y0, *starts[bisect.bisect_right(starts, y0) : bisect.bisect_left(starts, y1)], y1]
+    return [
+        (ya, min(end, ya + step))
+        for start, end in zip(cuts, cuts[1:])
+        for ya in range(start, end, step)
+    ]
 
 
 def _subgrid(n: int, cells: int) -> Tensor:
@@ -244,26 +323,30 @@ def _stream_argmax(
     # A value each query surely reaches: its best cosine on a sub-grid of output pixels.
     sy, sx = _subgrid(big_h, h).to(dev), _subgrid(big_w, w).to(dev)
     sub_rows = (rows[0][sy], rows[1][sy])
-    sub_cols = (cols[0][sx], cols[1][sx])
+    sub_runs = _column_runs((cols[0][sx], cols[1][sx]), inv_norm[sy][:, sx])
     reach = torch.full_like(best, float("-inf"))
     sub_idx = torch.zeros_like(best_idx)
-    sub_inv = inv_norm[sy][:, sx]
-    sub_block = max(1, _BLOCK_FLOATS // max(1, k * sx.numel()))
+    # A quarter block: rows of the sub-grid read different cell rows, so the gathered rows and
+    # corner values are temporaries of a few times the block.
+    sub_block = max(1, _BLOCK_FLOATS // max(1, 4 * k * sx.numel()))
     for y0 in range(0, sy.numel(), sub_block):
         y_range = (y0, min(sy.numel(), y0 + sub_block))
-        _fold_rows(dots, sub_inv, sub_rows, sub_cols, y_range, reach, sub_idx)
+        _fold_rows(dots, sub_runs, sub_rows, y_range, reach, sub_idx, sx.numel())
     reach -= 1e-5 * reach.abs() + 1e-12
 
-    run_c0, run_c1, run_inv_max, run_inv_min = _column_runs(cols, inv_norm)
-    ri = rows[0]
-    band = 2 * -(-big_h // h)  # output rows of about two cell rows: bounds stay local
-    for y0 in range(0, big_h, band):
-        y1 = min(big_h, y0 + band)
+    runs = _column_runs(cols, inv_norm)
+    inv_max = runs.inv.amax(dim=(2, 3))  # (H, R): per row, the extremes over each run's slots
+    inv_min = runs.inv.amin(dim=(2, 3))
+    ri, starts = rows[0], _row_starts(rows)
+    # Bands of two runs of rows sharing their corner cell rows (three cell rows): bounds stay
+    # local, and a band is folded in whole runs when the block allows.
+    bounds = [*starts[::2], big_h]
+    for y0, y1 in zip(bounds[:-1], bounds[1:]):
         lo, hi = int(ri[y0:y1, 0].min()), int(ri[y0:y1, 1].max())
         top = dots[lo : hi + 1].amax(dim=0)  # (w, K): best corner dot per cell column
-        corner = torch.maximum(top.index_select(0, run_c0), top.index_select(0, run_c1))
-        inv_hi = run_inv_max[y0:y1].amax(dim=0)[:, None]  # (runs, 1)
-        inv_lo = run_inv_min[y0:y1].amin(dim=0)[:, None]
+        corner = top.index_select(0, runs.ends).view(2, -1, k).amax(dim=0)  # (R, K)
+        inv_hi = inv_max[y0:y1].amax(dim=0)[:, None]  # (R, 1)
+        inv_lo = inv_min[y0:y1].amin(dim=0)[:, None]
         bound = torch.where(corner >= 0, corner * inv_hi, corner * inv_lo).amax(dim=0)  # (K,)
         bound += 1e-5 * bound.abs() + 1e-12
         active = (bound >= torch.maximum(best, reach)).nonzero()[:, 0]
@@ -271,10 +354,8 @@ def _stream_argmax(
             continue
         queries = None if active.numel() == k else active
         step = max(block, _BLOCK_FLOATS // (active.numel() * big_w))
-        for ya in range(y0, y1, step):
-            _fold_rows(
-                dots, inv_norm, rows, cols, (ya, min(y1, ya + step)), best, best_idx, queries
-            )
+        for y_range in _row_pieces(y0, y1, step, starts):
+            _fold_rows(dots, runs, rows, y_range, best, best_idx, big_w, queries)
     return best_idx, best
 
 
@@ -293,8 +374,9 @@ def cosine_argmax_lowres(
     float32 rounding), computed from the low-resolution map: one ``(h·w × K)`` GEMM, five Gram
     entries per cell and ``H·W`` inverse norms, then blocks of output rows streamed through a
     running max that skips, per query, the bands of rows whose cosine bound is below a value the
-    query surely reaches (exact branch and bound). Extra memory is ``H·W`` inverse norms, a query
-    chunk's dots (at most 16 MB) and a few 4 MB blocks, independent of ``C`` and ``K``.
+    query surely reaches (exact branch and bound). Extra memory is ``H·W`` inverse norms (twice:
+    per pixel and per run slot), a query chunk's dots (at most 16 MB) and a 10 MB block with a
+    few smaller temporaries, independent of ``C`` and ``K``.
 
     Args:
         queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target. Any floating
@@ -304,7 +386,7 @@ def cosine_argmax_lowres(
         grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``). With neither,
             the feature grid itself (``(h, w)``, no upsampling) is searched.
         block: output rows per streamed block; default keeps each ``K_chunk × rows × W`` block
-            tensor under 4 MB of float32 (queries are chunked too when ``K·W`` alone exceeds it).
+            tensor under 10 MB of float32 (queries are chunked too when ``K·W`` alone exceeds it).
 
     Returns:
         ``coords`` ``(K, 2)`` int64 ``(x, y)`` in the output grid and ``scores`` ``(K,)`` float32

@@ -61,7 +61,8 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
 
 
 def _meta(timestep: float, base: str | None, unet_config: dict, extra: dict | None) -> dict:
-    meta = {"timestep": repr(float(timestep)), "unet_config": json.dumps(dict(unet_config))}
+    config = json.dumps(dict(unet_config), default=str)  # from_pretrained adds Path values
+    meta = {"timestep": repr(float(timestep)), "unet_config": config}
     if base:
         meta["base"] = base
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..errors import ModelError, one_line
+from .bundled import bundled_path
 from .checkpoint import read_student_file
 from .dift import DIFT_ENSEMBLE, DIFT_TIMESTEP, DIFTExtractor
 from .featurenet import FeatureNet, build_feature_net
@@ -76,11 +77,12 @@ def load_model(
     prompt: str = "",
 ) -> LoadedModel:
     """Load ``model``: a preset name (``sd21``, ``sd15``, ``sd21-base``, ``sd15-base``,
-    ``tiny``), ``random:sd21`` / ``random:sd15`` (full architecture, random weights, for
-    benchmarks), a local diffusers SD folder, a hub id, or a CleanDIFT ``.safetensors`` file
-    (``*_unet`` or a full student checkpoint; ``base`` names its base model when the file does
-    not). ``timestep`` overrides the U-Net timestep; ``prompt`` selects the conditioning text.
-    Returns the model on the CPU in float32. Raises ModelError (one line) on any failure.
+    ``toy``, ``toy-base``, ``tiny``), ``random:sd21`` / ``random:sd15`` (full architecture,
+    random weights, for benchmarks), a local diffusers SD folder, a hub id, or a CleanDIFT
+    ``.safetensors`` file (``*_unet`` or a full student checkpoint; ``base`` names its base
+    model when the file does not). ``timestep`` overrides the U-Net timestep; ``prompt``
+    selects the conditioning text. Returns the model on the CPU in float32. Raises ModelError
+    (one line) on any failure.
     """
     loaded = _load(str(model), base, prompt, unet_weights=True)
     if timestep is not None:
@@ -130,6 +132,8 @@ def _load_preset(preset: Preset, prompt: str, unet_weights: bool) -> LoadedModel
         return LoadedModel(
             "tiny", unet, vae, context, preset.timestep, preset.resolution, preset.description
         )
+    if preset.bundled is not None:
+        return _load_bundled(preset, prompt, unet_weights)
     model = _load_hub(preset.base, prompt, unet_weights and preset.unet_file is None)
     if preset.unet_file is not None and unet_weights:
         path = hub_file(*preset.unet_file)
@@ -142,6 +146,26 @@ def _load_preset(preset: Preset, prompt: str, unet_weights: bool) -> LoadedModel
         preset.resolution,
     )
     model.timestep = preset.timestep
+    return model
+
+
+def _load_bundled(preset: Preset, prompt: str, unet_weights: bool) -> LoadedModel:
+    """A model shipped in the package: a diffusers folder, or a student over its base preset."""
+    if prompt:
+        raise ModelError(
+            f"the {preset.name} model has no text encoder: it takes the empty prompt only"
+        )
+    path = bundled_path(preset.bundled)
+    if path.is_dir():
+        model = _load_folder(path, prompt, unet_weights, key=f"bundled:{preset.name}")
+        model.timestep = preset.timestep
+    else:
+        model = _load_student_file(path, None, prompt)  # the file's timestep is the learned one
+    model.name, model.description, model.resolution = (
+        preset.name,
+        preset.description,
+        preset.resolution,
+    )
     return model
 
 
@@ -227,7 +251,7 @@ def _load_student_file(path: Path, base: str | None, prompt: str) -> LoadedModel
     if base is None:
         raise ModelError(
             f"cannot tell the base model of '{path}': pass --base "
-            "(sd21-base, sd15-base, tiny, a diffusers folder or a hub id)"
+            "(sd21-base, sd15-base, toy-base, tiny, a diffusers folder or a hub id)"
         )
     model = _load(base, None, prompt, unet_weights=False)
     _load_unet_state(model.unet, weights.unet_state, path, base)

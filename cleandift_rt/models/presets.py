@@ -1,4 +1,5 @@
-"""Named models: CleanDIFT students, their Stable Diffusion bases, and the offline `tiny` model."""
+"""Named models: CleanDIFT students, their Stable Diffusion bases, the offline `tiny` model and
+the bundled `toy-base` / `toy` models (trained by the project, shipped in the package)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class Preset:
         (None for models built offline); unet_file: (repo, file) of CleanDIFT ``*_unet``
         weights replacing the base U-Net, or None for the plain base U-Net.
     resolution: the square input size the model was trained for (px).
+    bundled: manifest entry of weights shipped in the package (models/bundled.py): a diffusers
+        folder, or a student file whose metadata names its base preset.
     """
 
     name: str
@@ -26,6 +29,7 @@ class Preset:
     unet_file: tuple[str, str] | None
     resolution: int
     timestep: float = DEFAULT_TIMESTEP
+    bundled: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,6 +57,22 @@ PRESETS: dict[str, Preset] = {
             None,
             None,
             256,
+        ),
+        Preset(
+            "toy-base",
+            "toy Stable Diffusion trained offline on bundled photos (DIFT baseline)",
+            None,
+            None,
+            256,
+            bundled="toy-base",
+        ),
+        Preset(
+            "toy",
+            "CleanDIFT student of toy-base (offline default)",
+            None,
+            None,
+            256,
+            bundled="cleandift_toy_unet.safetensors",
         ),
     )
 }
