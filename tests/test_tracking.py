@@ -11,7 +11,8 @@ geometry ("tracked points follow the known motion within one feature stride") is
 pixel patches of the frame: discriminative for translations by multiples of its stride, which
 is what the test video uses. Everything between the runner and the results (FeatureExtractor
 preprocessing, grids in original pixels, the matcher, search windows, chain updates, cycle
-check, capture thread) is the production code.
+check, capture thread) is the production code. The bundled trained ``toy`` model (which never
+saw this photo) is checked to track it with learned features.
 """
 
 from __future__ import annotations
@@ -231,6 +232,28 @@ def test_tiny_model_tracks_a_video_file_end_to_end(video, tiny_fx):
     summary = tracker.stats.summary()
     assert summary["frames"] == 3 and summary["fps"] > 0
     assert set(summary["latency_ms"]["total"]) == {"p50", "p90", "p99"}
+
+
+def _fraction_within(fx: FeatureExtractor, video: Path, pixels: float) -> float:
+    points = start_points()
+    results = list(Tracker(fx, points, warmup=0).stream(video))
+    errors = [np.linalg.norm(r.points - points - np.array(PATH[r.frame]), axis=1) for r in results]
+    return float((np.concatenate(errors) <= pixels).mean())
+
+
+def test_trained_toy_features_track_the_held_out_photo_where_random_ones_do_not(video):
+    """The bundled `toy` weights (trained without this photo) follow the known motion: points
+    within 8 px (3 % of the 224-px photo) on ≥ 90 % of (frame, point) pairs, measured 0.96 at
+    us9 / 256², against 0.45 for the same architecture with random weights (`tiny`)."""
+    fractions = {
+        name: _fraction_within(
+            FeatureExtractor.from_pretrained(name, taps=("us9",), resolution=256, device="cpu"),
+            video,
+            8.0,
+        )
+        for name in ("toy", "tiny")
+    }
+    assert fractions["toy"] >= 0.9 and fractions["tiny"] <= 0.6, fractions
 
 
 # ---------------------------------------------------------------------------------------------
