@@ -235,6 +235,7 @@ def test_info_json(console):
     assert isinstance(devices, list) and devices[0]["name"] == "cpu"
     assert payload["backends"]["torch"] is True
     assert all(isinstance(v, bool) for v in payload["backends"].values())
+    assert {"sd21", "toy", "toy-base", "tiny"} <= set(payload["models"])
 
 
 def test_info_text(capsys):

@@ -16,7 +16,7 @@ from .common import check_points_inside, emit, model_options, open_extractor, pa
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(as_json: bool):
-    """Versions, devices and the backends available here."""
+    """Versions, devices, the backends available here and the named models."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -59,17 +59,22 @@ def info(as_json: bool):
         "tensorrt": bool(versions["tensorrt"]),
         "triton": bool(versions["triton"]),
     }
+    from ..models import PRESETS
+
+    models = {name: p.description for name, p in PRESETS.items()}
     payload = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
         "devices": devices,
         "backends": backends,
+        "models": models,
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
     lines += ["devices: " + ", ".join(d.get("gpu", d["name"]) for d in devices)]
     lines += ["backends: " + ", ".join(k for k, ok in backends.items() if ok)]
+    lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
     emit(payload, as_json, "\n".join(lines))
 
 
