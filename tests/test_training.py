@@ -113,6 +113,13 @@ def test_heads_start_as_identity_and_depend_on_t():
     assert not torch.allclose(out[0], out[1]) and out.shape == (3, 16, 2, 2)
 
 
+def test_stratified_timesteps_respect_a_smaller_range():
+    t = stratified_timesteps(64, 4, torch.Generator().manual_seed(0), t_max=400).view(64, 4)
+    assert t.min() >= 1 and t.max() <= 400
+    for b in range(4):  # bin b covers [1 + 100 b, 1 + 100 (b + 1))
+        assert (t[:, b] >= 1 + 100 * b).all() and (t[:, b] < 1 + 100 * (b + 1)).all()
+
+
 def test_stratified_timesteps_one_per_bin():
     t = stratified_timesteps(64, 3, torch.Generator().manual_seed(0)).view(64, 3)
     assert t.dtype == torch.int64 and t.min() >= 1 and t.max() <= 999
@@ -286,6 +293,7 @@ def test_cli_errors_are_one_line(photos, tmp_path, capsys):
         (["--data", str(photos), "--out", str(tmp_path / "o2"), "--resume"], "no checkpoint"),
         (["--data", str(photos), "--out", str(tmp_path / "o3"), "--steps", "0"], "--steps"),
         (["--data", str(photos), "--out", str(tmp_path / "o4"), "--resolution", "100"], "64"),
+        (["--data", str(photos), "--out", str(tmp_path / "o5"), "--teacher-t-max", "2"], "t-max"),
     ]
     for args, expected in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -293,7 +301,7 @@ def test_cli_errors_are_one_line(photos, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
-    assert not any((tmp_path / f"o{i}" / "checkpoints").exists() for i in range(1, 5))
+    assert not any((tmp_path / f"o{i}" / "checkpoints").exists() for i in range(1, 6))
 
 
 def _free_port() -> int:

@@ -48,8 +48,10 @@ from .data import (
 )
 from .metrics import MetricsLogger, peak_memory_bytes
 from .objective import (
+    T_MAX,
     Student,
     Teacher,
+    bin_edges,
     cosine_loss,
     distillation_step,
     step_generator,
@@ -75,6 +77,7 @@ RECIPE_KEYS = (
     "seed",
     "precision",
     "init_timestep",
+    "teacher_t_max",
     "val_images",
     "min_size",
     "captions",
@@ -112,6 +115,7 @@ class TrainConfig:
     min_size: int = DEFAULT_MIN_SIZE
     captions: bool = True
     init_timestep: float = INIT_TIMESTEP
+    teacher_t_max: int = T_MAX
     device: str = "auto"
     name: str | None = None
     tensorboard: bool = True
@@ -147,6 +151,10 @@ def _check(cfg: TrainConfig, world: int) -> None:
             raise CleanDIFTError(f"--{name} must be at least 0 (got {value})")
     if cfg.val_images < 0:
         raise CleanDIFTError(f"--val-images must be at least 0 (got {cfg.val_images})")
+    if not cfg.bins <= cfg.teacher_t_max <= T_MAX:
+        raise CleanDIFTError(
+            f"--teacher-t-max must be in [--bins, {T_MAX}] (got {cfg.teacher_t_max})"
+        )
     if not cfg.lr > 0:
         raise CleanDIFTError(f"--lr must be positive (got {cfg.lr})")
     if cfg.resolution is not None and (cfg.resolution < 64 or cfg.resolution % INPUT_MULTIPLE):
@@ -171,12 +179,17 @@ def _recipe(cfg: TrainConfig, resolution: int) -> dict:
     return recipe
 
 
+# recipe keys added later, with the value that checkpoints written before them used
+RECIPE_ADDED = {"teacher_t_max": T_MAX}
+
+
 def _check_resume(saved: dict, recipe: dict, path: Path) -> None:
     for key in RECIPE_KEYS:
-        if saved.get(key) != recipe[key]:
+        value = saved.get(key, RECIPE_ADDED.get(key))
+        if value != recipe[key]:
             raise CleanDIFTError(
                 f"--{key.replace('_', '-')} {recipe[key]!r} differs from the checkpoint's "
-                f"{saved.get(key)!r} ({path}): resume with the same recipe or use a new --out"
+                f"{value!r} ({path}): resume with the same recipe or use a new --out"
             )
 
 
@@ -214,7 +227,7 @@ def validate(
     """Mean cosine per tap between head(student) and teacher on held-out images (V, R, R, 3),
     at each bin's centre timestep with fixed noise (seeded): comparable across steps."""
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
-    edges = torch.linspace(1, 1000, cfg.bins + 1)
+    edges = bin_edges(cfg.bins, cfg.teacher_t_max)
     centres = ((edges[:-1] + edges[1:]) / 2).floor().long()
     sums: dict[str, float] = {}
     chunk = max(1, cfg.batch_size)
@@ -370,7 +383,7 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
         for batch in loader:
             gen = step_generator(cfg.seed, step)
             k = cfg.bins
-            t_all = stratified_timesteps(cfg.batch_size, k, gen)
+            t_all = stratified_timesteps(cfg.batch_size, k, gen, cfg.teacher_t_max)
             noise_all = torch.randn((cfg.batch_size * k, 4, latent_hw, latent_hw), generator=gen)
             mine = slice(ctx.rank * per_rank * k, (ctx.rank + 1) * per_rank * k)
             t = t_all[mine].to(ctx.device, non_blocking=True)
@@ -489,6 +502,12 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
 @click.option("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="Skip smaller images (px).")
 @click.option("--captions/--no-captions", default=True, help="Use name.json captions.")
 @click.option("--init-timestep", type=float, default=INIT_TIMESTEP, help="Student t at start.")
+@click.option(
+    "--teacher-t-max",
+    type=int,
+    default=T_MAX,
+    help="Largest teacher timestep: the bins split [1, this] (the recipe: 999).",
+)
 @click.option("--device", default="auto", help="auto, cpu, cuda[:N] (torchrun: per local rank).")
 @click.option("--name", default=None, help="Student file prefix; default cleandift_<teacher>.")
 @click.option("--tensorboard/--no-tensorboard", default=True, help="Also log to TensorBoard.")

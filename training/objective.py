@@ -98,13 +98,20 @@ class Teacher(nn.Module):
         return dict(zip(self.unet.taps, self.unet(noisy, t.float(), context)))
 
 
-def stratified_timesteps(batch: int, bins: int, generator: torch.Generator) -> torch.Tensor:
+def bin_edges(bins: int, t_max: int = T_MAX) -> torch.Tensor:
+    """(bins + 1,) float64 edges of ``bins`` equal-width teacher timestep bins over [1, t_max]."""
+    return torch.linspace(T_MIN, t_max + 1, bins + 1, dtype=torch.float64)
+
+
+def stratified_timesteps(
+    batch: int, bins: int, generator: torch.Generator, t_max: int = T_MAX
+) -> torch.Tensor:
     """(batch·bins,) int64 teacher timesteps, image-major: one uniform draw in each of ``bins``
-    equal-width bins over [1, 999] per image."""
-    edges = torch.linspace(T_MIN, T_MAX + 1, bins + 1, dtype=torch.float64)
+    equal-width bins over [1, t_max] per image (the recipe: t_max = 999)."""
+    edges = bin_edges(bins, t_max)
     u = torch.rand(batch, bins, generator=generator, dtype=torch.float64)
     t = edges[:-1] + u * (edges[1:] - edges[:-1])
-    return t.floor().clamp(T_MIN, T_MAX).long().reshape(-1)
+    return t.floor().clamp(T_MIN, t_max).long().reshape(-1)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
