@@ -9,6 +9,9 @@ homographies of scikit-image photos the toy models never trained on):
   (the per-t curve), VAE noise and diffusion noise seeded;
 * ``tiny`` (random weights) for comparison.
 
+``--student FILE`` evaluates another student (e.g. a distillation variant); ``--skip`` leaves out
+the base / tiny / DIFT rows.
+
 PCK@{0.01, 0.05, 0.1} (fraction of the target's longer side, per point) and the mean
 end-point error, per tap; a JSON record and a PNG of PCK@0.1 against t.
 
@@ -106,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, default=None, help="Input side (default: model's).")
     ap.add_argument("--pairs-per-image", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-tiny", action="store_true", help="Skip the random-weights comparison.")
+    ap.add_argument("--student", default="toy", help="CleanDIFT model (a preset or a file).")
+    ap.add_argument(
+        "--skip", default="", help="Cases to leave out (comma-separated): base, tiny, dift."
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
@@ -114,18 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     ts = [int(t) for t in args.ts.split(",") if t]
     pairs = make_pairs(load_photos(), args.pairs_per_image, "homography", args.seed)
     torch.manual_seed(0)
-    cases = [("CleanDIFT toy", "clean", dict(model="toy"))]
-    cases.append(("toy-base single pass", "clean", dict(model="toy-base")))
-    if not args.no_tiny:
+    skip, ens = {c for c in args.skip.split(",") if c}, args.ensemble
+    name = Path(args.student).stem if Path(args.student).is_file() else args.student
+    cases = [(f"CleanDIFT {name}", "clean", dict(model=args.student))]
+    if "base" not in skip:
+        cases.append(("toy-base single pass", "clean", dict(model="toy-base")))
+    if "tiny" not in skip:
         cases.append(("tiny (random weights)", "clean", dict(model="tiny")))
-    cases += [
-        (
-            f"DIFT toy-base t={t}",
-            "dift",
-            dict(model="toy-base", dift=True, t=t, ensemble=args.ensemble),
-        )
-        for t in ts
-    ]
+    if "dift" not in skip:
+        cases += [
+            (f"DIFT toy-base t={t}", "dift", dict(model="toy-base", dift=True, t=t, ensemble=ens))
+            for t in ts
+        ]
     rows = []
     for label, method, kwargs in cases:
         result = run_case(pairs, taps, args.resolution, device="cpu", **kwargs)
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    if args.plot:
+    if args.plot and "dift" not in skip:
         plot(record, Path(args.plot), taps[0])
     return 0
 
