@@ -200,3 +200,30 @@ def test_student_file_of_a_folder_loaded_teacher_saves(tmp_path):
     weights = read_student_file(path)
     assert weights.base == "toy-base" and weights.timestep == 250.0
     assert weights.unet_state.keys() == unet.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("toy_release", ["student", "--from", "{bogus}", "--command", "x"], "as safetensors"),
+        ("toy_release", ["base", "--from", "{tmp}", "--command", "x"], "not a pretrain_toy"),
+        ("toy_photos", ["{dest}", "--images", "{tmp}/missing"], "is not a folder"),
+    ],
+)
+def test_release_and_photo_tools_reject_bad_input_without_writing(
+    tmp_path, capsys, module, args, message
+):
+    import importlib
+
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_text("not safetensors")
+    dest = tmp_path / "dest"
+    subs = {"bogus": bogus, "tmp": tmp_path, "dest": dest}
+    argv = [a.format(**subs) for a in args]
+    if module == "toy_release":
+        argv += ["--dest", str(dest)]
+    with pytest.raises(SystemExit) as code:
+        importlib.import_module(f"training.{module}").main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not dest.exists()

@@ -138,7 +138,7 @@ def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, gen: torch.Generator, cfg: PretrainConfig):
-    """(total, parts) for images x (B, 3, S, S) in [-1, 1]."""
+    """(total, parts) for images x (B, 3, S, S) in [-1, 1]; parts are detached 0-d tensors."""
     posterior = vae.encode(x).latent_dist
     eps = torch.randn(posterior.mean.shape, generator=gen).to(x.device)
     recon = vae.decode(posterior.mean + posterior.std * eps).sample
@@ -146,7 +146,7 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, gen: torch.Generator, cfg: Pre
     edge = sum((a - b).abs().mean() for a, b in zip(_edges(recon), _edges(x)))
     kl = posterior.kl().mean() / posterior.mean[0].numel()
     total = l1 + cfg.edge_weight * edge + cfg.kl_weight * kl
-    return total, {"l1": l1.item(), "edge": float(edge.detach()), "kl": kl.item()}
+    return total, {"l1": l1.detach(), "edge": edge.detach(), "kl": kl.detach()}
 
 
 @torch.no_grad()
@@ -301,10 +301,10 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                window.append(loss.item())
+                window.append(loss.detach())  # no host sync per step
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == last:
-                    mean = sum(window) / len(window)
+                    mean = torch.stack(window).mean().item()
                     logger.log(
                         {
                             "kind": phase,
@@ -312,7 +312,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                             "loss": mean,
                             "grad_norm": float(grad_norm),
                             "lr": scheduler.get_last_lr()[0],
-                            **parts,
+                            **{k: float(v) for k, v in parts.items()},
                         }
                     )
                     bar.set_postfix(loss=f"{mean:.4f}")

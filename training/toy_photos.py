@@ -121,9 +121,9 @@ def random_crops(
 @click.option("--images", default=None, help="Extra image folder to include.")
 def cli(out: str, crops: int, size: int, seed: int, images: str | None) -> None:
     """Write the toy training photos (or seeded crops of them) as PNG files into OUT."""
+    photos = training_photos(images)  # bad input fails before anything is written
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    photos = training_photos(images)
     rng = np.random.default_rng(seed)
     written = 0
     for name, image in photos:

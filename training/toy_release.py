@@ -20,9 +20,9 @@ from pathlib import Path
 import click
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from cleandift_rt.errors import CleanDIFTError
+from cleandift_rt.errors import CleanDIFTError, one_line
 from cleandift_rt.models.bundled import MANIFEST_FILE, TOY_DIR, sha256_of
 from cleandift_rt.models.checkpoint import UNET_FORMAT, atomic_save
 from cleandift_rt.models.prompt import STORED_EMBEDDING
@@ -56,6 +56,7 @@ def release_base(source: Path, dest: Path, command: str) -> Path:
     """Copy a pretrain_toy model folder into ``dest/toy-base`` in float16."""
     if not (source / "unet" / "config.json").is_file():
         raise CleanDIFTError(f"'{source}' is not a pretrain_toy model folder (unet/, vae/)")
+    dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".{BASE_ENTRY}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
@@ -76,9 +77,12 @@ def release_base(source: Path, dest: Path, command: str) -> Path:
 
 def release_student(source: Path, dest: Path, command: str) -> Path:
     """Copy a distilled ``*_unet.safetensors`` (teacher toy-base) into ``dest`` in float16."""
-    with safe_open(str(source), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(source), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CleanDIFTError(f"cannot read '{source}' as safetensors: {one_line(exc)}") from None
     if meta.get("format") != UNET_FORMAT or meta.get("base") != BASE_ENTRY:
         raise CleanDIFTError(
             f"'{source}' is not a student of toy-base (format {meta.get('format')}, "
@@ -107,7 +111,6 @@ def release_student(source: Path, dest: Path, command: str) -> Path:
 def cli(kind: str, source: str, command: str, dest: str) -> None:
     """Install toy weights (KIND: base or student) into the package, in float16."""
     folder = Path(dest)
-    folder.mkdir(parents=True, exist_ok=True)
     release = release_base if kind == "base" else release_student
     path = release(Path(source), folder, command)
     click.echo(f"installed {path}; manifest {folder / MANIFEST_FILE}")

@@ -113,19 +113,31 @@ def model_options(taps_option: bool):
     return wrap
 
 
-def open_extractor(model, base, resolution, policy, device, dtype, timestep, taps):
-    from ..extractor import FeatureExtractor
+def open_extractor(
+    model, base, resolution, policy, device, dtype, timestep, taps, artifact=None, **dift_args
+):
+    """The extractor a command runs: an exported ``artifact``, else ``model`` (CleanDIFT's
+    single pass, or its DIFT baseline with ``dift=True, t=, ensemble=``); see build_extractor."""
+    from ..evaluation import build_extractor
 
-    return FeatureExtractor.from_pretrained(
+    return build_extractor(
         model,
-        taps=taps,
-        base=base,
-        resolution=resolution,
-        policy=policy,
+        taps,
+        artifact=artifact,
         device=device,
         dtype=dtype,
+        resolution=resolution,
+        policy=policy,
+        base=base,
         timestep=timestep,
+        **dift_args,
     )
+
+
+def tap_to_use(fx, tap: str) -> str:
+    """``tap`` when the extractor has it under that name, else its first tap (an alias such as
+    ``up1`` was resolved by the model, or an artifact does not hold it)."""
+    return tap if tap in fx.taps else fx.taps[0]
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from ..errors import CleanDIFTError
-from .common import check_suffix, emit, float_list, model_options, write_report
+from .common import (
+    check_suffix,
+    emit,
+    float_list,
+    model_options,
+    open_extractor,
+    tap_to_use,
+    write_report,
+)
 
 
 @click.group("eval")
@@ -53,28 +61,15 @@ def _eval_predictor(
     dift_t,
     dift_ensemble,
 ):
-    from ..evaluation import ExtractorPredictor, build_extractor
+    from ..evaluation import ExtractorPredictor
 
     if artifact is not None and dift:
         raise CleanDIFTError("--artifact and --dift exclude each other")
-    fx = build_extractor(
-        model,
-        [taps],
-        artifact=artifact,
-        dift=dift,
-        t=dift_t,
-        ensemble=dift_ensemble,
-        device=device,
-        dtype=dtype,
-        resolution=resolution,
-        policy=policy,
-        base=base,
-        timestep=timestep,
-    )
-    tap = taps if artifact is None else None
-    if tap is not None and tap not in fx.taps:  # an alias: the extractor names the tap
-        tap = fx.taps[0]
-    return fx, ExtractorPredictor(fx, tap)
+    fx = open_extractor(
+        model, base, resolution, policy, device, dtype, timestep, [taps], artifact=artifact,
+        dift=dift, t=dift_t, ensemble=dift_ensemble,
+    )  # fmt: skip
+    return fx, ExtractorPredictor(fx, tap_to_use(fx, taps))
 
 
 def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, group: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
-from .common import emit, model_options, open_extractor, parse_points
+from .common import emit, model_options, open_extractor, parse_points, tap_to_use
 
 
 @click.command()
@@ -80,16 +80,13 @@ def track(
         check_output_path(tracks, (".jsonl", ".json", ".ndjson"), "--tracks")
     src = open_source(source)  # fail on a bad source before loading a model
     try:
-        if artifact is not None:
-            from ..runtime import load_runtime
-
-            fx = load_runtime(artifact, device=device, policy=policy)
-        else:
-            fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
-        tap = taps if artifact is None or taps in fx.taps else None
+        fx = open_extractor(
+            model, base, resolution, policy, device, dtype, timestep, taps, artifact=artifact
+        )
         tracker = Tracker(
-            fx, pts, grid=grid, reference=reference, tap=tap, mode=mode, update_rate=update_rate,
-            min_score=min_score, mutual=not no_mutual, radius=radius, buffer=buffer, warmup=warmup,
+            fx, pts, grid=grid, reference=reference, tap=tap_to_use(fx, taps), mode=mode,
+            update_rate=update_rate, min_score=min_score, mutual=not no_mutual, radius=radius,
+            buffer=buffer, warmup=warmup,
         )  # fmt: skip
     except BaseException:
         src.close()
