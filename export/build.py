@@ -12,7 +12,8 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from cleandift_rt import __version__
 from cleandift_rt.artifacts import ArtifactMetadata, TapOutput, weights_sha256, write_sidecar
-from cleandift_rt.errors import CleanDIFTError
+from cleandift_rt.errors import CleanDIFTError, one_line
 from cleandift_rt.extractor import DTYPES, resolve_device
 from cleandift_rt.models import INPUT_MULTIPLE, load_model
 
@@ -100,6 +101,17 @@ class ExportOptions:
         return shlex.join(args)
 
 
+@contextmanager
+def _one_line_errors(what: str) -> Iterator[None]:
+    """Any failure inside (an exporter, a runtime refusing the graph) → ExportError, one line."""
+    try:
+        yield
+    except CleanDIFTError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"{what}: {one_line(exc)}") from None
+
+
 def _writer(fmt: str):
     """The function writing one format: (net, path, options, meta) → files written."""
     if fmt == "onnx":
@@ -170,21 +182,23 @@ def export_model(
     try:
         t = time.perf_counter()
         artifact = staging / meta.artifact
-        files = _writer(options.format)(net, artifact, options, meta)
+        with _one_line_errors(f"writing the {options.format} artifact failed"):
+            files = _writer(options.format)(net, artifact, options, meta)
         write_sidecar(artifact, meta)
         size = sum(f.stat().st_size for f in files) / 2**20
         stage(f"wrote {options.format} ({size:.1f} MiB)", t)
 
         if options.validate:
             t = time.perf_counter()
-            runtime = load_runtime(artifact, device=device)
             outputs = {}
-            for start in range(0, len(images), options.batch_range[1]):
-                batch = images[start : start + options.batch_range[1]]
-                if len(batch) < options.batch_range[0]:
-                    break
-                for tap, value in runtime.runner(batch).items():
-                    outputs.setdefault(tap, []).append(value.float().cpu())
+            with _one_line_errors(f"the exported {options.format} artifact does not run"):
+                runtime = load_runtime(artifact, device=device)
+                for start in range(0, len(images), options.batch_range[1]):
+                    batch = images[start : start + options.batch_range[1]]
+                    if len(batch) < options.batch_range[0]:
+                        break
+                    for tap, value in runtime.runner(batch).items():
+                        outputs.setdefault(tap, []).append(value.float().cpu())
             outputs = {k: torch.cat(v) for k, v in outputs.items()}
             ref = {k: v[: len(outputs[k])] for k, v in reference.items()}
             meta.validation = compare(ref, outputs)
