@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cleandift_rt.cli.common import run_console
+from cleandift_rt.console import run_console
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.checkpoint import save_student_checkpoint, save_unet_file
+from cleandift_rt.models.dift import DIFT_TIMESTEP
 from cleandift_rt.models.featurenet import INPUT_MULTIPLE
 
 from . import ddp
@@ -63,7 +64,7 @@ from .stop import StopFlag, report_run
 # --teacher short names → load_model names (the teacher is the *base* SD U-Net)
 TEACHERS = {"sd21": "sd21-base", "sd15": "sd15-base", "toy": "toy-base", "tiny": "tiny"}
 DISTILLED_TAPS = "mid," + ",".join(f"us{i}" for i in range(1, 11))  # K = 11; us11/us12 are not
-INIT_TIMESTEP = 261.0
+INIT_TIMESTEP = float(DIFT_TIMESTEP)
 # flags that must equal the checkpoint's on --resume (steps, logging and saving may change)
 RECIPE_KEYS = (
     "teacher",

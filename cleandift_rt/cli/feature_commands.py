@@ -53,13 +53,17 @@ def info(as_json: bool):
                     "memory_gib": round(p.total_memory / 2**30, 1),
                 }
             )
-    backends = {
-        "torch": True,
-        "onnxruntime": bool(versions["onnxruntime"] or versions["onnxruntime-gpu"]),
-        "tensorrt": bool(versions["tensorrt"]),
-        "triton": bool(versions["triton"]),
-    }
+    from ..backends import registry
+    from ..matching.triton_argmax import triton_available
     from ..models import PRESETS
+
+    backends = {spec.name: spec.available() for spec in registry.BACKENDS}
+    backends["triton"] = triton_available()  # the fused matcher (cosine_argmax on CUDA)
+    registered = [
+        {"name": s.name, "aliases": list(s.aliases), "suffix": s.suffix, "extra": s.extra,
+         "devices": list(s.devices), "available": backends[s.name], "description": s.description}
+        for s in registry.BACKENDS
+    ]  # fmt: skip
 
     models = {name: p.description for name, p in PRESETS.items()}
     payload = {
@@ -68,12 +72,17 @@ def info(as_json: bool):
         "versions": versions,
         "devices": devices,
         "backends": backends,
+        "registry": registered,
         "models": models,
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
     lines += ["devices: " + ", ".join(d.get("gpu", d["name"]) for d in devices)]
     lines += ["backends: " + ", ".join(k for k, ok in backends.items() if ok)]
+    for s in registered:
+        also = f" (= {', '.join(s['aliases'])})" if s["aliases"] else ""
+        need = "" if s["available"] else f"  [pip install 'cleandift-rt[{s['extra']}]']"
+        lines.append(f"  {s['name'] + also:28s} {s['description']}{need if s['extra'] else ''}")
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
     emit(payload, as_json, "\n".join(lines))
 
@@ -177,7 +186,7 @@ def match(
     pts = parse_points(points) if points is not None else None
     src, tgt = load_image(source), load_image(target)
     if pts is None:
-        from ..demo import grid_points
+        from ..geometry import grid_points
 
         pts = grid_points(src.shape[:2], grid).tolist()
     check_points_inside(pts, src.shape[:2])

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 CLEANDIFT_REPO = "CompVis/cleandift"
 SD21_REPO = "stabilityai/stable-diffusion-2-1"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_TIMESTEP = 261.0  # CleanDIFT's initial student timestep; released weights run at it
+DIFT_TIMESTEP = 261  # DIFT's timestep: CleanDIFT's initial student timestep, where the released
+DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # *_unet weights run (the one place the number is)
 
 
 @dataclass(frozen=True)
