@@ -33,8 +33,8 @@ import torch
 
 from cleandift_rt.bench import machine_info
 from cleandift_rt.evaluation import ExtractorPredictor
-from cleandift_rt.runtime import build_extractor
 from cleandift_rt.evaluation.homography import evaluate_homography, load_photos, make_pairs
+from cleandift_rt.runtime import build_extractor
 from cleandift_rt.viz import save_png
 
 ALPHAS = (0.01, 0.05, 0.1)

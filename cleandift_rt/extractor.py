@@ -149,9 +149,8 @@ class FeatureExtractor:
         """Load ``model`` (preset, folder, hub id or safetensors file; see ``load_model``) and
         build its FeatureNet for ``taps``. ``compile``: a torch.compile mode for the PyTorch
         backend (see ``TorchRunner``). Exported artifacts load with ``load_runtime``."""
-        from .models import load_model
-
         from .backends import registry
+        from .models import load_model
 
         if registry.get(backend).name != "torch":
             raise CleanDIFTError(
