@@ -5,14 +5,14 @@ translations and written with cv2.VideoWriter (mp4v, lossy) or as image folders.
 
 Which features: the ``tiny`` model has fixed-seed RANDOM weights and its features do not track
 (measured: median error ≈ the motion itself at every tap and resolution tried, see
-benchmarks/results/TRACKING.md), so tiny-model tests check plumbing, buffering, faults and
-outputs. The geometry ("tracked points follow the known motion within one feature stride") is
-checked with :class:`PixelPatchRunner`, a real Runner whose stride-4 features are the raw
-local-contrast pixel patches of the frame: discriminative for translations by multiples of its stride, which
-is what the test video uses. Everything between the runner and the results (FeatureExtractor
-preprocessing, grids in original pixels, the matcher, search windows, chain updates, cycle
-check, capture thread) is the production code. The bundled trained ``toy`` model (which never
-saw this photo) is checked to track it with learned features.
+benchmarks/results/TRACKING.md), so tiny-model tests check plumbing, buffering, faults and outputs.
+The geometry ("tracked points follow the known motion within one feature stride") is checked with
+:class:`PixelPatchRunner`, a real Runner whose stride-4 features are the raw local-contrast pixel
+patches of the frame: discriminative for translations by multiples of its stride, which is what the
+test video uses. Everything between the runner and the results (FeatureExtractor preprocessing,
+grids in original pixels, the matcher, search windows, chain updates, cycle check, capture thread)
+is the production code. The bundled trained ``toy`` model (which never saw this photo) is checked to
+track it with learned features.
 """
 
 from __future__ import annotations
