@@ -36,12 +36,13 @@ def load_runtime(
     device: str | torch.device | None = None,
     provider: str | None = None,
     policy: str = "square",
+    resize_filter: str = "area",
 ) -> FeatureExtractor:
     """A FeatureExtractor over an exported artifact (ONNX, TensorRT engine, AOTInductor).
 
     Same call shape and results as ``FeatureExtractor.from_pretrained``; images are resized
     (``policy``) to the artifact's fixed input size. ``provider`` picks onnxruntime's
-    execution provider (cpu, cuda, tensorrt).
+    execution provider (cpu, cuda, tensorrt); ``resize_filter`` as for ``prepare_image``.
     """
     runner = load_runner(path, device, provider)
     meta = runner.meta
@@ -50,4 +51,6 @@ def load_runtime(
         policy=policy,
         model_name=meta.model,
         description=f"{meta.format} artifact {Path(path).name} ({meta.precision})",
+        resize_filter=resize_filter,
+        hub_files=meta.hub_files,
     )

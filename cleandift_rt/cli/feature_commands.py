@@ -60,6 +60,7 @@ def info(as_json: bool):
         "triton": bool(versions["triton"]),
     }
     from ..models import PRESETS
+    from ..models.presets import MIRROR_NOTE
 
     models = {name: p.description for name, p in PRESETS.items()}
     payload = {
@@ -69,12 +70,14 @@ def info(as_json: bool):
         "devices": devices,
         "backends": backends,
         "models": models,
+        "notes": [MIRROR_NOTE, "--base DIR|HUB_ID replaces the base of every hub preset"],
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
     lines += ["devices: " + ", ".join(d.get("gpu", d["name"]) for d in devices)]
     lines += ["backends: " + ", ".join(k for k, ok in backends.items() if ok)]
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
+    lines += [f"note: {n}" for n in payload["notes"]]
     emit(payload, as_json, "\n".join(lines))
 
 
@@ -116,6 +119,7 @@ def extract(
         "transforms": json.dumps([t.to_dict() for t in feats.transforms]),
         "policy": policy,
         "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
+        "hub_files": json.dumps(fx.hub_files),  # [{repo, file, commit}]: the exact weights
     }
     try:
         atomic_save(dict(feats.maps), out, meta)
@@ -127,6 +131,7 @@ def extract(
         "images": len(images),
         "model": fx.model_name,
         "taps": json.loads(meta["taps"]),
+        "hub_files": fx.hub_files,
         "seconds": round(seconds, 3),
     }
     text = [f"wrote {out}: {len(images)} image(s), model {fx.model_name}, {seconds:.1f} s"]

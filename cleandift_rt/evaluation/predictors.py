@@ -57,14 +57,17 @@ def build_extractor(
     policy: str = "square",
     base: str | None = None,
     timestep: float | None = None,
+    resize_filter: str = "area",
 ) -> FeatureExtractor:
     """The extractor an evaluation runs: an exported ``artifact`` (``load_runtime``), the DIFT
     baseline of ``model`` (``dift``: noisy ensemble at ``t``; fp32 unless ``dtype``), or
-    CleanDIFT's single pass (``FeatureExtractor.from_pretrained``)."""
+    CleanDIFT's single pass (``FeatureExtractor.from_pretrained``). ``base`` replaces the base
+    of a hub preset (or names that of a .safetensors file); ``resize_filter``: see
+    ``imaging.RESIZE_FILTERS``."""
     if artifact is not None:
         from ..runtime import load_runtime
 
-        return load_runtime(artifact, device=device, policy=policy)
+        return load_runtime(artifact, device=device, policy=policy, resize_filter=resize_filter)
     if not dift:
         return FeatureExtractor.from_pretrained(
             model,
@@ -75,6 +78,7 @@ def build_extractor(
             policy=policy,
             base=base,
             timestep=timestep,
+            resize_filter=resize_filter,
         )
     from ..models import load_model
 
@@ -88,6 +92,9 @@ def build_extractor(
         policy=policy,
         model_name=loaded.name,
         description=f"DIFT baseline of {loaded.name} (t={t}, ensemble {ensemble})",
+        resize_filter=resize_filter,
+        hub_files=loaded.hub_files,
+        prompt_encoder=loaded.prompt_encoder,
     )
 
 
@@ -124,7 +131,15 @@ class ExtractorPredictor:
         points: np.ndarray,
         source_key: str | None = None,
         target_key: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
+        """``prompt``: condition both images on it (DIFT's per-category prompt); cache keys
+        then include it."""
+        if prompt is not None:
+            self.extractor.set_prompt(prompt)
+            source_key, target_key = (
+                None if k is None else f"{prompt}\0{k}" for k in (source_key, target_key)
+            )
         src, tgt = self.features(source, source_key), self.features(target, target_key)
         fmap = src[self.tap]
         pts = torch.as_tensor(np.asarray(points, dtype=np.float64), device=fmap.device)
