@@ -222,11 +222,11 @@ def _load_preset(preset: Preset, base: str | None, prompt: str, unet_weights: bo
         model.sources.append(str(path))
         model.hub_files += snap.files([filename])
         model.base = source
-    model.name, model.description, model.resolution = (
-        preset.name,
-        preset.description if base is None else f"{preset.description}, base {base}",
-        preset.resolution,
-    )
+    model.name = preset.name
+    if base is None:
+        model.description, model.resolution = preset.description, preset.resolution
+    else:  # the base's own native size (768 for an SD 2.1 copy, 512 for SD 1.5)
+        model.description = f"{preset.description}, base {base}"
     model.timestep = preset.timestep
     return model
 
