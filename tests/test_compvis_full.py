@@ -24,6 +24,15 @@ X = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8,
                   generator=torch.Generator().manual_seed(0))  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def perturbed(module, seed: int):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -215,7 +224,6 @@ def test_distill_init_from_a_compvis_full_file(compvis_full, tmp_path, capsys):
             "--steps", 1, "--batch-size", 1, "--resolution", 64, "--lr", 1e-12, "--warmup", 0,
             "--taps", "mid,us3", "--val-images", 0, "--workers", 0, "--no-progress",
             "--no-tensorboard", "--name", "s"]  # fmt: skip
-    torch.set_num_threads(1)
     with pytest.raises(SystemExit) as info:
         main([str(a) for a in args])
     assert info.value.code in (0, None), capsys.readouterr().err

@@ -36,6 +36,15 @@ X = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8,
                   generator=torch.Generator().manual_seed(0))  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def perturbed_unet(seed: int):
     unet = load_model("tiny").unet
     gen = torch.Generator().manual_seed(seed)
