@@ -158,6 +158,7 @@ def export_model(
         producer={"cleandift_rt": __version__, "torch": torch.__version__},
         build={"opset": options.opset, "device": str(device)},
         rebuild=options.command(),
+        hub_files=loaded.hub_files,
     )
 
     out = Path(options.out)

@@ -56,6 +56,7 @@ def info(as_json: bool):
     from ..backends import registry
     from ..matching.triton_argmax import triton_available
     from ..models import PRESETS
+    from ..models.presets import MIRROR_NOTE
 
     backends = {spec.name: spec.available() for spec in registry.BACKENDS}
     backends["triton"] = triton_available()  # the fused matcher (cosine_argmax on CUDA)
@@ -74,6 +75,7 @@ def info(as_json: bool):
         "backends": backends,
         "registry": registered,
         "models": models,
+        "notes": [MIRROR_NOTE, "--base DIR|HUB_ID replaces the base of every hub preset"],
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
@@ -84,6 +86,7 @@ def info(as_json: bool):
         need = "" if s["available"] else f"  [pip install 'cleandift-rt[{s['extra']}]']"
         lines.append(f"  {s['name'] + also:28s} {s['description']}{need if s['extra'] else ''}")
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
+    lines += [f"note: {n}" for n in payload["notes"]]
     emit(payload, as_json, "\n".join(lines))
 
 
@@ -125,6 +128,7 @@ def extract(
         "transforms": json.dumps([t.to_dict() for t in feats.transforms]),
         "policy": policy,
         "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
+        "hub_files": json.dumps(fx.hub_files),  # [{repo, file, commit}]: the exact weights
     }
     try:
         atomic_save(dict(feats.maps), out, meta)
@@ -136,6 +140,7 @@ def extract(
         "images": len(images),
         "model": fx.model_name,
         "taps": json.loads(meta["taps"]),
+        "hub_files": fx.hub_files,
         "seconds": round(seconds, 3),
     }
     text = [f"wrote {out}: {len(images)} image(s), model {fx.model_name}, {seconds:.1f} s"]
