@@ -373,3 +373,24 @@ def test_a_bad_base_is_one_line_never_ignored(model, base, needle, tiny_folder, 
     code, stdout, err = call_main(args, capsys)
     assert_one_line_error(code, stdout, err)
     assert needle in err and not out.exists()
+
+
+def test_the_artifact_sidecar_records_the_hub_commits(hub_cache, tiny_folder, students, tmp_path):
+    """export: the sidecar lists the hub files (with commits) the exported weights came from,
+    and load_runtime hands them on."""
+    pytest.importorskip("onnxruntime")
+    from cleandift_rt.runtime import load_runtime
+    from export import ExportOptions, export_model
+
+    folder, _ = students
+    add_to_hub_cache(hub_cache, "CompVis/cleandift", COMMIT_CLEANDIFT, folder)
+    options = ExportOptions(model="sd21", base=str(tiny_folder), taps=("us3",), height=64,
+                            width=64, precision="fp32", format="onnx", out=str(tmp_path),
+                            device="cpu", validate=False)  # fmt: skip
+    path, meta = export_model(options, log=lambda _: None)
+    expected = [{"repo": "CompVis/cleandift", "file": "cleandift_sd21_unet.safetensors",
+                 "commit": COMMIT_CLEANDIFT}]  # fmt: skip
+    assert meta.hub_files == expected
+    assert json.loads(Path(f"{path}.json").read_text())["hub_files"] == expected
+    assert load_runtime(path, device="cpu").hub_files == expected
+    assert "--base" in meta.rebuild
