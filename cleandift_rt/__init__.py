@@ -18,6 +18,7 @@ _EXPORTS = {
     "CleanDIFTError": "errors",
     "FeatureExtractor": "extractor",
     "Features": "extractor",
+    "FeatureStore": "store",
     "MatchResult": "extractor",
     "ImageTransform": "imaging",
     "load_image": "imaging",
@@ -32,6 +33,7 @@ _EXPORTS = {
 __all__ = [
     "CleanDIFTError",
     "FeatureExtractor",
+    "FeatureStore",
     "Features",
     "ImageTransform",
     "MatchResult",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from .imaging import ImageTransform, load_image, prepare_image
     from .matching import PixelGrid, cosine_argmax, cosine_argmax_fast, sample_descriptors
     from .models import load_model
+    from .store import FeatureStore
     from .tracking import Tracker
 
 
