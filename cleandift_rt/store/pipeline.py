@@ -324,10 +324,12 @@ def check_writable(out: str | Path) -> None:
     """StoreError unless ``out`` is (or can be created as) a writable folder — before any
     model loads."""
     path = Path(out)
-    probe_dir = path
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
     if path.exists() and not path.is_dir():
         raise StoreError(f"--out '{path}' exists and is not a folder")
-    if not os.access(probe_dir, os.W_OK | os.X_OK):
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StoreError(f"cannot create the store folder '{path}': '{probe}' is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise StoreError(f"cannot write the store folder '{path}': permission denied")

@@ -8,12 +8,14 @@
 
 The driver decides which items to run (resume), and writes every shard itself, so the store
 is the one the local engine writes for the same inputs. Actors are restarted by Ray when they
-die (``max_restarts``) and their batches retried (``max_task_retries``).
+die and their batches retried: Ray Data's actor pools default to ``max_restarts=-1`` and
+``max_task_retries=-1``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -38,7 +40,6 @@ from .sources import DecodedItem, SourceItem, decode_items, item_runs
 from .writer import StoreWriter
 
 RAY_EXTRA = "pip install 'cleandift-rt[ray]'"
-RETRIES = 4  # restarts of a dead actor, retries of its batches
 
 
 def import_ray():
@@ -136,7 +137,7 @@ def extract_ray(
     *,
     address: str | None = None,
     gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
+    cpus_per_worker: float | None = None,
     cpus_per_decoder: float = 1.0,
     actor_cls: type = ExtractorActor,
 ) -> StoreSummary:
@@ -145,13 +146,15 @@ def extract_ray(
 
     Uses the running Ray (``ray.init`` done by the caller), else connects to ``address``
     ("auto", "ray://HOST:PORT") or starts a local one, which it shuts down at the end.
+    ``cpus_per_worker`` None: 1 for GPU actors; CPU actors share what the decode tasks leave of
+    the cluster's CPUs (whole CPUs for all of them would leave none to decode with: a deadlock).
     """
     ray = import_ray()
     start = time.perf_counter()
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise StoreError(
                 f"cannot start or reach Ray at '{address or 'local'}': {exc}"
@@ -159,6 +162,11 @@ def extract_ray(
         started = True
     try:
         spec = {**spec, "device": "cuda" if gpus_per_worker > 0 else spec.get("device") or "cpu"}
+        if cpus_per_worker is None:
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            workers = max(1, options.workers)
+            spare = (cpus - cpus_per_decoder) / workers
+            cpus_per_worker = 1.0 if gpus_per_worker > 0 else max(0.05, min(1.0, spare))
         describe = ray.remote(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)(_describe)
         settings = ray.get(describe.remote(spec, options.storage, options.command))
         shard_size = options.shard_size or auto_shard_size(settings)
@@ -180,6 +188,7 @@ def extract_ray(
 def _run(ray, spec, settings, todo, writer, options, gpus, cpus, cpus_decoder, actor_cls):
     if not todo:
         return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
@@ -212,11 +221,9 @@ def _run(ray, spec, settings, todo, writer, options, gpus, cpus, cpus_decoder, a
         },  # fmt: skip
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=max(1, options.workers),
+        compute=ray.data.ActorPoolStrategy(size=max(1, options.workers)),
         num_gpus=gpus,
         num_cpus=cpus,
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
     )
     storage = STORAGE_DTYPES[settings["storage"]]
     taps = list(settings["taps"])
