@@ -86,7 +86,7 @@ def _to_numpy(t: torch.Tensor, storage: torch.dtype) -> np.ndarray:
 
 
 def _from_numpy(a: np.ndarray, storage: torch.dtype) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.array(a, copy=True))  # Ray's batches are read-only views
     return t.view(torch.bfloat16) if storage == torch.bfloat16 else t
 
 
