@@ -10,7 +10,15 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
-from .common import check_points_inside, emit, model_options, open_extractor, parse_points
+from ..store.cli import is_store_path, run_store_extract, store_options
+from .common import (
+    check_points_inside,
+    command_line,
+    emit,
+    model_options,
+    open_extractor,
+    parse_points,
+)
 
 
 @click.command()
@@ -91,33 +99,52 @@ def info(as_json: bool):
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, metavar="SOURCES...")
 @model_options(taps_option=True)
 @click.option(
     "--out",
     "out",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Output .safetensors: one (N, C, h, w) tensor per tap, metadata in the header.",
+    type=click.Path(),
+    help="A folder: a sharded, resumable feature store (store.json, shard-*.safetensors, "
+    "index.jsonl). A .safetensors file: one (N, C, h, w) tensor per tap, for small sets.",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def extract(
-    images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size, as_json
-):
-    """Extract features of IMAGES into a safetensors file."""
+    images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size,
+    as_json, **store_args,
+):  # fmt: skip
+    """Extract features of SOURCES (images, folders, globs, @list.txt, videos) into a feature
+    store folder, or into one .safetensors file."""
+    if is_store_path(out):
+        import shlex
+
+        model_args = dict(model=model, taps=taps, device=device, dtype=dtype,
+                          resolution=resolution, policy=policy, base=base,
+                          timestep=timestep)  # fmt: skip
+        command = f"{command_line(click.get_current_context())} {shlex.join(images)}"
+        payload, text = run_store_extract(
+            images, out, model_args=model_args, store_args=store_args, batch_size=batch_size,
+            as_json=as_json, command=command,
+        )  # fmt: skip
+        emit(payload, as_json, text)
+        return
+    if store_args["engine"] != "local":
+        raise CleanDIFTError("--engine ray writes a feature store: give --out a folder")
     from ..imaging import image_name
     from ..models.checkpoint import atomic_save
 
-    if not out.lower().endswith(".safetensors"):
-        raise CleanDIFTError(f"--out must be a .safetensors file, got '{out}'")
     for image in images:  # fail before loading a model; decoding errors come per image later
         if not Path(image).exists():
             raise CleanDIFTError(f"cannot read image '{image}': no such file")
         if not Path(image).is_file():
             raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
     start = time.perf_counter()
-    fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
+    fx = open_extractor(
+        model, base, resolution, policy, device, dtype, timestep, taps, store_args["artifact"]
+    )
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
     meta = {
         "model": fx.model_name,
