@@ -1,4 +1,5 @@
-"""`export`: a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package."""
+"""`export`: a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package, or a
+Triton Inference Server model repository (``--format triton``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import click
 
-from .common import emit
+from ..errors import CleanDIFTError
+from .common import command_line, emit
 
 
 @click.command("export")
@@ -35,9 +37,25 @@ from .common import emit
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "engine", "aoti"]),
+    type=click.Choice(["onnx", "engine", "aoti", "triton"]),
     default="onnx",
     show_default=True,
+    help="triton: a Triton model repository in --out (from --from, else an ONNX export).",
+)
+@click.option(
+    "--from",
+    "from_artifact",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="--format triton: the exported .onnx or .engine to put in the repository.",
+)
+@click.option("--triton-name", default=None, help="--format triton: the model's name.")
+@click.option(
+    "--queue-delay-us",
+    type=click.IntRange(0),
+    default=5000,
+    show_default=True,
+    help="--format triton: dynamic batching's max_queue_delay_microseconds.",
 )
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
@@ -69,6 +87,9 @@ def export_command(
     max_batch,
     precision,
     fmt,
+    from_artifact,
+    triton_name,
+    queue_delay_us,
     out,
     device,
     opset,
@@ -78,7 +99,13 @@ def export_command(
     no_validate,
     as_json,
 ):
-    """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package."""
+    """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package, or
+    write a Triton model repository (--format triton)."""
+    if fmt == "triton":
+        return _triton(click.get_current_context(), from_artifact, triton_name, queue_delay_us,
+                       out, as_json)  # fmt: skip
+    if from_artifact is not None:
+        raise CleanDIFTError("--from takes an exported artifact for --format triton only")
     from export import ExportOptions, export_model  # lazily: the runtime never imports export
 
     from ..models import PRESETS
@@ -98,3 +125,54 @@ def export_command(
     lines = [f"{path}  ({meta.format}, {meta.precision}, batch {meta.batch[0]}..{meta.batch[1]})"]
     lines += [f"  {name:5s} {shape}" for name, shape in meta.output_shape().items()]
     emit(payload, as_json, "\n".join(lines))
+
+
+def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json):
+    """--format triton: the repository model of --from, or of an ONNX export of the usual
+    options (exported into a staging folder of --out, removed afterwards)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..serving.triton_repo import write_triton_repository
+
+    log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
+    staging = None
+    try:
+        source = from_artifact
+        if source is None:
+            params = dict(ctx.params, fmt="onnx", from_artifact=None, as_json=True)
+            Path(out).mkdir(parents=True, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".triton-onnx-", dir=out)
+            params["out"] = staging
+            source = _export_onnx(params, log)
+        model_dir = write_triton_repository(
+            source, out, name=name, queue_delay_us=queue_delay_us, rebuild=command_line(ctx)
+        )
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    config = (model_dir / "config.pbtxt").read_text()
+    payload = {"repository": str(Path(out)), "model": model_dir.name, "path": str(model_dir),
+               "config": config}  # fmt: skip
+    text = f"wrote Triton model {model_dir}  (tritonserver --model-repository {out})\n{config}"
+    emit(payload, as_json, text.rstrip())
+
+
+def _export_onnx(params: dict, log) -> str:
+    """The ONNX export of the `export` options in ``params``; returns the artifact's path."""
+    from export import ExportOptions, export_model
+
+    from ..models import PRESETS
+
+    side = params["resolution"] or (PRESETS[params["model"]].resolution
+                                    if params["model"] in PRESETS else 512)  # fmt: skip
+    options = ExportOptions(
+        model=params["model"], base=params["base"], taps=tuple(params["taps"].split(",")),
+        height=params["height"] or side, width=params["width"] or side, batch=params["batch"],
+        max_batch=params["max_batch"], precision=params["precision"], format="onnx",
+        out=params["out"], device=params["device"], opset=params["opset"],
+        validate=not params["no_validate"],
+    )  # fmt: skip
+    path, _ = export_model(options, log=log)
+    return str(path)
