@@ -22,7 +22,8 @@ class ServeConfig:
     (comma-separated); max_batch: images per forward pass; batch_wait_ms: how long a replica
     waits for a batch to fill; max_body_mb: largest request body (MiB); gpus_per_replica /
     cpus_per_replica: Ray resources of a replica; address: a running Ray cluster to join (None:
-    start a local one).
+    start a local one); app_name / route_prefix: the Serve application (the API lives at
+    ``route_prefix`` + ``v1/...``).
     """
 
     model: str = "toy"
@@ -44,6 +45,7 @@ class ServeConfig:
     max_body_mb: float = 32.0
     address: str | None = None
     app_name: str = "cleandift_rt"
+    route_prefix: str = "/"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -85,7 +85,8 @@ def start_server(config: ServeConfig, *, check: bool = True) -> RunningServer:
     running = RunningServer(config, started_ray, 0.0)
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+        serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix,
+                  blocking=False)  # fmt: skip
         wait_healthy(config.url, timeout_s=60)
     except BaseException as exc:
         if isinstance(exc, ServingError):

@@ -83,6 +83,7 @@ class FeatureService:
         self.extract_one.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.pending: set[asyncio.Task] = set()
+        self.prefix = self.config.route_prefix.rstrip("/")
 
     def _warm_up(self) -> None:
         size = self.fx.size if isinstance(self.fx.size, tuple) else (self.fx.size,) * 2
@@ -133,7 +134,7 @@ class FeatureService:
     # ------------------------------------------------------------------------ routes
 
     async def __call__(self, request: Request) -> Response:
-        route = request.url.path.rstrip("/") or "/"
+        route = request.url.path.removeprefix(self.prefix).rstrip("/") or "/"
         handler = ROUTES.get(route)
         try:
             if handler is None:
@@ -316,5 +317,6 @@ def build_app(config: ServeConfig):
         ray_actor_options=options,
         max_ongoing_requests=max(16, 4 * config.max_batch),
         health_check_period_s=10,
+        max_constructor_retry_count=config.replicas,  # a model that fails to load fails again
     )
     return service.bind(config.to_dict(), stats.bind())
