@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import CleanDIFTError, one_line
+from .files import write_text
 
 FORMAT_VERSION = 1
 FORMATS = ("onnx", "engine", "aoti")
@@ -96,11 +95,7 @@ def sidecar_path(artifact: str | Path) -> Path:
 
 def write_sidecar(artifact: str | Path, meta: ArtifactMetadata) -> Path:
     """Write ``<artifact>.json`` atomically."""
-    path = sidecar_path(artifact)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.write_text(meta.to_json())
-    os.replace(tmp, path)
-    return path
+    return write_text(sidecar_path(artifact), meta.to_json())
 
 
 def read_sidecar(artifact: str | Path) -> ArtifactMetadata:

@@ -3,7 +3,11 @@
     python -m training.distill --teacher sd21 --data photos/ --out runs/sd21
     torchrun --nproc_per_node 8 -m training.distill --teacher sd21 --data photos/ --out runs/sd21
 
-The recipe (../shared/FACTS.md, "Distillation recipe") with every value a flag. Writes to --out:
+The recipe (../shared/FACTS.md, "Distillation recipe") with every value a flag, by default
+exactly CompVis/cleandift's released training code: SwiGLU heads, a VAE posterior sample per
+image for teacher and student (``--latent``), teacher bins ⌊1 + (k + u)·998/3⌋ (999 never
+drawn), constant-with-warmup lr starting at 0, and teacher and student initialised from the
+bf16-rounded U-Net (``--init-bf16-round``). Writes to --out:
 ``checkpoints/step-*.safetensors`` (resume state, every --save-every steps and on SIGINT /
 SIGTERM), ``metrics.jsonl`` (+ ``tensorboard/`` when installed), and at the end
 ``<name>_unet.safetensors`` (diffusers U-Net keys; learned timestep, base and recipe in the
@@ -29,10 +33,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cleandift_rt.cli.common import run_console
+from cleandift_rt.console import run_console
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.checkpoint import save_student_checkpoint, save_unet_file
+from cleandift_rt.models.dift import DIFT_TIMESTEP
 from cleandift_rt.models.featurenet import INPUT_MULTIPLE
 
 from . import ddp
@@ -48,12 +53,15 @@ from .data import (
 )
 from .metrics import MetricsLogger, peak_memory_bytes
 from .objective import (
+    LATENT_MODES,
     T_MAX,
     Student,
     Teacher,
     bin_edges,
+    constant_with_warmup,
     cosine_loss,
     distillation_step,
+    round_to_bf16_,
     step_generator,
     stratified_timesteps,
 )
@@ -64,7 +72,7 @@ from .student_init import init_student
 # --teacher short names → load_model names (the teacher is the *base* SD U-Net)
 TEACHERS = {"sd21": "sd21-base", "sd15": "sd15-base", "toy": "toy-base", "tiny": "tiny"}
 DISTILLED_TAPS = "mid," + ",".join(f"us{i}" for i in range(1, 11))  # K = 11; us11/us12 are not
-INIT_TIMESTEP = 261.0
+INIT_TIMESTEP = float(DIFT_TIMESTEP)
 # flags that must equal the checkpoint's on --resume (steps, logging and saving may change)
 RECIPE_KEYS = (
     "teacher",
@@ -83,7 +91,13 @@ RECIPE_KEYS = (
     "val_images",
     "min_size",
     "captions",
+    "latent",
+    "init_bf16_round",
 )
+# the recipe's revision, saved with it: 2 = the reference's SwiGLU mapping gate, posterior-sample
+# latents, bins over [1, t_max), warm-up from lr 0 and bf16-rounded initial U-Net weights;
+# checkpoints without one are revision 1 (they cannot resume: their heads gate differently)
+RECIPE_REVISION = 2
 
 
 @dataclass
@@ -121,6 +135,8 @@ class TrainConfig:
     captions: bool = True
     init_timestep: float = INIT_TIMESTEP
     teacher_t_max: int = T_MAX
+    latent: str = "sample"
+    init_bf16_round: bool = True
     device: str = "auto"
     name: str | None = None
     tensorboard: bool = True
@@ -164,6 +180,8 @@ def _check(cfg: TrainConfig, world: int) -> None:
         raise CleanDIFTError(f"--lr must be positive (got {cfg.lr})")
     if cfg.resolution is not None and (cfg.resolution < 64 or cfg.resolution % INPUT_MULTIPLE):
         raise CleanDIFTError(f"--resolution must be a multiple of 64 (got {cfg.resolution})")
+    if cfg.latent not in LATENT_MODES:
+        raise CleanDIFTError(f"--latent must be sample or mean (got {cfg.latent!r})")
     if cfg.precision not in ("fp32", "bf16"):
         raise CleanDIFTError(f"--precision must be fp32 or bf16 (got {cfg.precision})")
     if cfg.batch_size % world:
@@ -181,16 +199,26 @@ def _recipe(cfg: TrainConfig, resolution: int) -> dict:
     recipe = {k: getattr(cfg, k) for k in RECIPE_KEYS}
     recipe["data"] = str(Path(cfg.data).resolve())
     recipe["resolution"] = resolution
+    recipe["revision"] = RECIPE_REVISION
     return recipe
 
 
-# recipe keys added later, with the value that checkpoints written before them used
-RECIPE_ADDED = {"teacher_t_max": T_MAX, "base": None}
-
-
 def _check_resume(saved: dict, recipe: dict, path: Path) -> None:
+    revision = saved.get("revision", 1)
+    if revision != RECIPE_REVISION:
+        what = (
+            " (GELU mapping gate, bins over [1, t_max + 1), warm-up from lr/warmup, "
+            "posterior-mean latents, fp32 initial weights)"
+            if revision == 1
+            else ""
+        )
+        raise CleanDIFTError(
+            f"checkpoint {path} was written by distillation recipe revision {revision}{what} and "
+            f"cannot continue under revision {RECIPE_REVISION}: finish it with the release that "
+            "wrote it, or use a new --out"
+        )
     for key in RECIPE_KEYS:
-        value = saved.get(key, RECIPE_ADDED.get(key))
+        value = saved.get(key)
         if value != recipe[key]:
             raise CleanDIFTError(
                 f"--{key.replace('_', '-')} {recipe[key]!r} differs from the checkpoint's "
@@ -265,7 +293,8 @@ def validate(
     context: torch.Tensor,
 ) -> dict[str, float]:
     """Mean cosine per tap between head(student) and teacher on held-out images (V, R, R, 3),
-    at each bin's centre timestep with fixed noise (seeded): comparable across steps."""
+    at each bin's centre timestep with fixed noise and, for ``--latent sample``, fixed posterior
+    samples (seeded): comparable across steps."""
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     edges = bin_edges(cfg.bins, cfg.teacher_t_max)
     centres = ((edges[:-1] + edges[1:]) / 2).floor().long()
@@ -276,10 +305,12 @@ def validate(
         batch = images[start : start + chunk]
         n = batch.shape[0]
         ctx = context if context.shape[0] == 1 else context[start : start + chunk]
+        hw = batch.shape[1] // teacher.encoder.stride
+        noise = torch.randn((n * cfg.bins, 4, hw, hw), generator=gen).to(device)
+        eps = torch.randn((n, 4, hw, hw), generator=gen).to(device)
         with _autocast(cfg, device):
-            latent = teacher.latents(batch)
+            latent = teacher.latents(batch, eps if cfg.latent == "sample" else None)
             t = centres.repeat(n).to(device)
-            noise = torch.randn((n * cfg.bins, *latent.shape[1:]), generator=gen).to(device)
             target = teacher.features(
                 latent.repeat_interleave(cfg.bins, 0), noise, t, _expand(ctx, cfg.bins)
             )
@@ -337,6 +368,8 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference's fp32 + TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # heads' initial weights depend on the seed only
+    if cfg.init_bf16_round:
+        round_to_bf16_(loaded.unet)  # the teacher and the student's starting point alike
     student_unet = copy.deepcopy(loaded.unet)
     student = Student(student_unet, cfg.taps, cfg.init_timestep)
     if init_file is not None:
@@ -348,10 +381,7 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
         student.unet.enable_gradient_checkpointing()
 
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    warmup = cfg.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-    )
+    scheduler = constant_with_warmup(optimizer, cfg.warmup)
     step = 0
     if state is not None:
         student.load_state_dict(state.model, strict=True)
@@ -420,15 +450,19 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
             k = cfg.bins
             t_all = stratified_timesteps(cfg.batch_size, k, gen, cfg.teacher_t_max)
             noise_all = torch.randn((cfg.batch_size * k, 4, latent_hw, latent_hw), generator=gen)
+            eps_all = torch.randn((cfg.batch_size, 4, latent_hw, latent_hw), generator=gen)
             mine = slice(ctx.rank * per_rank * k, (ctx.rank + 1) * per_rank * k)
+            my_images = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
             t = t_all[mine].to(ctx.device, non_blocking=True)
             noise = noise_all[mine].to(ctx.device, non_blocking=True)
+            eps = eps_all[my_images].to(ctx.device) if cfg.latent == "sample" else None
             images = batch["image"].to(ctx.device, non_blocking=True)
             context = contexts(batch["caption"])
             skipped += batch["skipped"]
 
+            lr = optimizer.param_groups[0]["lr"]  # this step's (the scheduler then moves on)
             loss, cos = distillation_step(
-                teacher, model, optimizer, scheduler, images, context, t, noise, autocast
+                teacher, model, optimizer, scheduler, images, context, t, noise, autocast, eps
             )
             step += 1
             images_seen += cfg.batch_size
@@ -448,7 +482,7 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
                     "cos": dict(zip(cos, values[1:])),
                     "loss_per_tap": {tap: -v for tap, v in zip(cos, values[1:])},
                     "timestep": float(student.timestep.detach()),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "images_per_s": ips,
                     "peak_memory_bytes": peak_memory_bytes(ctx.device),
                     "images_seen": images_seen,
@@ -517,7 +551,9 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
 @click.option("--batch-size", type=int, default=8, help="Images per step (global, all processes).")
 @click.option("--resolution", type=int, default=None, help="Square input (px); default: teacher's.")
 @click.option("--lr", type=float, default=1e-5, help="Adam learning rate after warm-up.")
-@click.option("--warmup", type=int, default=2000, help="Linear warm-up steps.")
+@click.option(
+    "--warmup", type=int, default=2000, help="Linear warm-up steps (lr 0 at the first step)."
+)
 @click.option("--bins", type=int, default=3, help="Teacher timestep bins (noisy copies per image).")
 @click.option("--taps", default=DISTILLED_TAPS, help="Distilled taps.")
 @click.option("--seed", type=int, default=0, help="Seed of weights init, data order and noise.")
@@ -555,7 +591,20 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
     "--teacher-t-max",
     type=int,
     default=T_MAX,
-    help="Largest teacher timestep: the bins split [1, this] (the recipe: 999).",
+    help="Teacher timesteps: the bins split [1, this), this never drawn (the recipe: 999).",
+)
+@click.option(
+    "--latent",
+    type=click.Choice(LATENT_MODES),
+    default="sample",
+    help="Training latents: one VAE posterior sample per image, shared by teacher and student "
+    "(the recipe), or the posterior mean (inference always uses the mean).",
+)
+@click.option(
+    "--init-bf16-round/--no-init-bf16-round",
+    default=True,
+    help="Start teacher and student from the U-Net rounded to bf16 (the reference loads it in "
+    "bf16 and trains in fp32).",
 )
 @click.option("--device", default="auto", help="auto, cpu, cuda[:N] (torchrun: per local rank).")
 @click.option("--name", default=None, help="Student file prefix; default cleandift_<teacher>.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import CleanDIFTError
+from ..models.dift import DIFT_TIMESTEP
 from .common import (
     RESIZE_FILTER,
     check_suffix,
@@ -33,7 +34,9 @@ def eval_options(fn):
             help="Evaluate an exported artifact (ONNX, engine, .pt2) instead.",
         ),
         click.option("--dift", is_flag=True, help="Evaluate the DIFT baseline of --model."),
-        click.option("--dift-t", type=click.IntRange(0, 999), default=261, show_default=True),
+        click.option(
+            "--dift-t", type=click.IntRange(0, 999), default=DIFT_TIMESTEP, show_default=True
+        ),
         click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True),
         click.option(
             "--out",

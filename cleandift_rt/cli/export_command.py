@@ -6,7 +6,9 @@ import json
 
 import click
 
-from .common import emit
+from ..backends import registry
+from ..dtypes import PRECISIONS
+from .common import emit, export_api
 
 
 @click.command("export")
@@ -29,26 +31,24 @@ from .common import emit
     default=None,
     help="Largest batch: exports a dynamic batch axis.",
 )
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16", show_default=True
-)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "engine", "aoti"]),
+    type=click.Choice(registry.accepted_names(exportable=True), case_sensitive=False),
     default="onnx",
     show_default=True,
+    help="Artifact format (aliases: trt = tensorrt = engine, pt2 = aoti).",
 )
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(17), default=None, help="ONNX opset (default 17).")
 @click.option("--workspace", type=float, default=None, help="TensorRT workspace limit (GiB).")
 @click.option(
     "--opt-level",
     type=click.IntRange(0, 5),
-    default=3,
-    show_default=True,
-    help="TensorRT builder optimisation level.",
+    default=None,
+    help="TensorRT builder optimisation level (default 3).",
 )
 @click.option(
     "--timing-cache",
@@ -79,20 +79,20 @@ def export_command(
     as_json,
 ):
     """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package."""
-    from export import ExportOptions, export_model  # lazily: the runtime never imports export
-
     from ..models import PRESETS
+
+    exporter = export_api()  # lazily: the runtime never imports export
 
     native = PRESETS[model].resolution if model in PRESETS else 512
     side = resolution or native
-    options = ExportOptions(
+    options = exporter.ExportOptions(
         model=model, base=base, taps=tuple(t for t in taps.split(",")), height=height or side,
         width=width or side, batch=batch, max_batch=max_batch, precision=precision, format=fmt,
         out=out, device=device, opset=opset, workspace_gib=workspace, opt_level=opt_level,
         timing_cache=timing_cache, validate=not no_validate,
     )  # fmt: skip
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
-    path, meta = export_model(options, log=log)
+    path, meta = exporter.export_model(options, log=log)
     payload = json.loads(meta.to_json())
     payload["path"] = str(path)
     lines = [f"{path}  ({meta.format}, {meta.precision}, batch {meta.batch[0]}..{meta.batch[1]})"]

@@ -1,101 +1,15 @@
-"""Predictors for the evaluators: a FeatureExtractor (any backend) or the DIFT baseline.
-
-``DIFTRunner`` wraps the noisy-ensemble DIFT extractor in the runner interface, so the baseline
-goes through exactly the same resizing, coordinate transforms and matching as CleanDIFT.
-"""
+"""The evaluators' predictor over a FeatureExtractor (any backend, or the DIFT baseline: see
+``cleandift_rt.runtime.build_extractor``)."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ..backends.base import check_batch
-from ..extractor import FeatureExtractor, Features, resolve_device, resolve_dtype
-from ..matching import cosine_argmax_fast, sample_descriptors
-from ..models import DIFT_ENSEMBLE, DIFT_TIMESTEP, DIFTExtractor
-
-
-class DIFTRunner:
-    """Runner of the DIFT baseline: uint8 (B, H, W, 3) → {tap: ensemble-averaged (B, C, h, w)}.
-
-    Noise comes from ``seed`` on every call, so the same images give the same features.
-    """
-
-    name = "dift"
-
-    def __init__(self, dift: DIFTExtractor, seed: int = 0):
-        param = next(dift.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        self.dift = dift.eval()
-        self.seed = seed
-        self.taps = dift.taps
-        self.strides = {s.name: s.stride for s in dift.unet.specs}
-        self.channels = {s.name: s.channels for s in dift.unet.specs}
-        self.input_size = None
-
-    def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        check_batch(images, None)
-        x = torch.as_tensor(images).to(self.device)
-        with torch.inference_mode():
-            return dict(zip(self.taps, self.dift(x, seed=self.seed)))
-
-
-def build_extractor(
-    model: str = "toy",
-    taps: str | Sequence[str] = ("us6",),
-    *,
-    artifact: str | None = None,
-    dift: bool = False,
-    t: int = DIFT_TIMESTEP,
-    ensemble: int = DIFT_ENSEMBLE,
-    device: str | None = None,
-    dtype: str | None = None,
-    resolution: int | None = None,
-    policy: str = "square",
-    base: str | None = None,
-    timestep: float | None = None,
-    resize_filter: str = "area",
-) -> FeatureExtractor:
-    """The extractor an evaluation runs: an exported ``artifact`` (``load_runtime``), the DIFT
-    baseline of ``model`` (``dift``: noisy ensemble at ``t``; fp32 unless ``dtype``), or
-    CleanDIFT's single pass (``FeatureExtractor.from_pretrained``). ``base`` replaces the base
-    of a hub preset (or names that of a .safetensors file); ``resize_filter``: see
-    ``imaging.RESIZE_FILTERS``."""
-    if artifact is not None:
-        from ..runtime import load_runtime
-
-        return load_runtime(artifact, device=device, policy=policy, resize_filter=resize_filter)
-    if not dift:
-        return FeatureExtractor.from_pretrained(
-            model,
-            taps,
-            device=device,
-            dtype=dtype,
-            resolution=resolution,
-            policy=policy,
-            base=base,
-            timestep=timestep,
-            resize_filter=resize_filter,
-        )
-    from ..models import load_model
-
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype or "fp32", dev)
-    loaded = load_model(model, base=base).to(dev, dt)
-    runner = DIFTRunner(loaded.dift(taps, t=t, ensemble=ensemble))
-    return FeatureExtractor(
-        runner,
-        resolution=resolution if resolution is not None else loaded.resolution,
-        policy=policy,
-        model_name=loaded.name,
-        description=f"DIFT baseline of {loaded.name} (t={t}, ensemble {ensemble})",
-        resize_filter=resize_filter,
-        hub_files=loaded.hub_files,
-        prompt_encoder=loaded.prompt_encoder,
-    )
+from ..extractor import FeatureExtractor, Features
+from ..matching import cosine_argmax, sample_descriptors
 
 
 class ExtractorPredictor:
@@ -144,5 +58,5 @@ class ExtractorPredictor:
         fmap = src[self.tap]
         pts = torch.as_tensor(np.asarray(points, dtype=np.float64), device=fmap.device)
         queries = sample_descriptors(fmap[0], pts, src.grid(0, self.tap))
-        coords, _ = cosine_argmax_fast(queries, tgt[self.tap][0], grid=tgt.grid(0, self.tap))
+        coords, _ = cosine_argmax(queries, tgt[self.tap][0], grid=tgt.grid(0, self.tap))
         return coords.cpu().numpy().astype(np.float64)

