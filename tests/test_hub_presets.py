@@ -227,6 +227,14 @@ def test_sd21_from_the_cache_records_the_commit_of_every_hub_file(
         (r, f, c) for (r, f), c in got.items()
     }
     assert json.loads(stdout)["hub_files"] == header
+    # and a feature store records them in store.json
+    store = tmp_path / "store"
+    args = ["extract", image, "--model", "sd21", "--taps", "us3", "--resolution", 64,
+            "--out", store, "--json"]  # fmt: skip
+    code, stdout, err = call_main(args, capsys)
+    assert code == 0, err
+    provenance = json.loads((store / "store.json").read_text())["provenance"]
+    assert provenance["hub_files"] == header
 
 
 def test_a_deleted_repo_is_still_served_from_the_cache(hub_cache, tiny_folder, monkeypatch):
