@@ -75,3 +75,8 @@ def fold_constants(model):
     except ImportError:
         return model
     return polygraphy_fold(model, num_passes=3)
+
+
+def write_artifact(net: FeatureNet, path: Path, options, meta) -> list[Path]:
+    """The registry's writer of the ``onnx`` format: ``write_onnx`` with ExportOptions."""
+    return write_onnx(net, path, options.height, options.width, options.batch_range, options.opset)

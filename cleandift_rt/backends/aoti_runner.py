@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
+from ..dtypes import DTYPES
 from ..errors import one_line
-from .base import TORCH_DTYPES, check_artifact_batch
+from .base import check_artifact_batch
 
 MODEL_NAME = "model"  # AOTInductor's name of the (only) model in a package
 
@@ -124,8 +125,9 @@ class AOTIRunner:
         self.strides = {t.name: t.stride for t in meta.taps}
         self.channels = {t.name: t.channels for t in meta.taps}
         self.input_size = (meta.height, meta.width)
+        self.batch_range = tuple(meta.batch)
         self.device = torch.device("cuda", index) if device.type == "cuda" else device
-        self.dtype = TORCH_DTYPES[meta.precision]
+        self.dtype = DTYPES[meta.precision]
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 (B, H, W, 3), B in the artifact's batch range → {tap: (B, C, h, w)} of the

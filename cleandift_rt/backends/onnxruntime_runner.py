@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
+from ..dtypes import DTYPES
 from ..errors import CleanDIFTError, one_line
-from .base import TORCH_DTYPES, check_artifact_batch
+from .base import check_artifact_batch
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -59,8 +60,9 @@ class OnnxRuntimeRunner:
         self.strides = {t.name: t.stride for t in meta.taps}
         self.channels = {t.name: t.channels for t in meta.taps}
         self.input_size = (meta.height, meta.width)
+        self.batch_range = tuple(meta.batch)
         self.device = device
-        self.dtype = TORCH_DTYPES[meta.precision]
+        self.dtype = DTYPES[meta.precision]
         self.provider = provider
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:

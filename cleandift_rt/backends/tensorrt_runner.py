@@ -245,6 +245,7 @@ class TensorRTRunner:
         self.strides = {t.name: t.stride for t in meta.taps}
         self.channels = {t.name: t.channels for t in meta.taps}
         self.input_size = (meta.height, meta.width)
+        self.batch_range = tuple(meta.batch)
         self.input_name = meta.input_name
         self.cuda_graph = cuda_graph
         self.reuse_outputs = reuse_outputs

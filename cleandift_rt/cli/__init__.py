@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import click
 
+from ..console import run_console
 from .bench_command import bench
-from .common import command_line, run_console
+from .common import command_line
 from .eval_commands import eval_group
 from .export_command import export_command
 from .feature_commands import demo, extract, info, match

@@ -7,8 +7,12 @@ import json
 
 import click
 
+from ..backends import registry
+from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
-from .common import command_line, emit
+from .common import command_line, emit, export_api
+
+TRITON = "triton"  # not an artifact format: a model repository around one (serving/triton_repo)
 
 
 @click.command("export")
@@ -31,16 +35,15 @@ from .common import command_line, emit
     default=None,
     help="Largest batch: exports a dynamic batch axis.",
 )
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16", show_default=True
-)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "engine", "aoti", "triton"]),
+    type=click.Choice((*registry.accepted_names(exportable=True), TRITON), case_sensitive=False),
     default="onnx",
     show_default=True,
-    help="triton: a Triton model repository in --out (from --from, else an ONNX export).",
+    help="Artifact format (aliases: trt = tensorrt = engine, pt2 = aoti); triton: a Triton "
+    "model repository in --out (from --from, else an ONNX export).",
 )
 @click.option(
     "--from",
@@ -59,14 +62,13 @@ from .common import command_line, emit
 )
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(17), default=None, help="ONNX opset (default 17).")
 @click.option("--workspace", type=float, default=None, help="TensorRT workspace limit (GiB).")
 @click.option(
     "--opt-level",
     type=click.IntRange(0, 5),
-    default=3,
-    show_default=True,
-    help="TensorRT builder optimisation level.",
+    default=None,
+    help="TensorRT builder optimisation level (default 3).",
 )
 @click.option(
     "--timing-cache",
@@ -101,25 +103,13 @@ def export_command(
 ):
     """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package, or
     write a Triton model repository (--format triton)."""
-    if fmt == "triton":
-        return _triton(click.get_current_context(), from_artifact, triton_name, queue_delay_us,
-                       out, as_json)  # fmt: skip
+    ctx = click.get_current_context()
+    log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
+    if fmt.lower() == TRITON:
+        return _triton(ctx, from_artifact, triton_name, queue_delay_us, out, as_json, log)
     if from_artifact is not None:
         raise CleanDIFTError("--from takes an exported artifact for --format triton only")
-    from export import ExportOptions, export_model  # lazily: the runtime never imports export
-
-    from ..models import PRESETS
-
-    native = PRESETS[model].resolution if model in PRESETS else 512
-    side = resolution or native
-    options = ExportOptions(
-        model=model, base=base, taps=tuple(t for t in taps.split(",")), height=height or side,
-        width=width or side, batch=batch, max_batch=max_batch, precision=precision, format=fmt,
-        out=out, device=device, opset=opset, workspace_gib=workspace, opt_level=opt_level,
-        timing_cache=timing_cache, validate=not no_validate,
-    )  # fmt: skip
-    log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
-    path, meta = export_model(options, log=log)
+    path, meta = _export(dict(ctx.params), log)
     payload = json.loads(meta.to_json())
     payload["path"] = str(path)
     lines = [f"{path}  ({meta.format}, {meta.precision}, batch {meta.batch[0]}..{meta.batch[1]})"]
@@ -127,7 +117,24 @@ def export_command(
     emit(payload, as_json, "\n".join(lines))
 
 
-def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json):
+def _export(p: dict, log):
+    """Run the export of the command's parameters ``p``; returns (artifact path, metadata)."""
+    from ..models import PRESETS
+
+    exporter = export_api()  # lazily: the runtime never imports export
+    native = PRESETS[p["model"]].resolution if p["model"] in PRESETS else 512
+    side = p["resolution"] or native
+    options = exporter.ExportOptions(
+        model=p["model"], base=p["base"], taps=tuple(p["taps"].split(",")),
+        height=p["height"] or side, width=p["width"] or side, batch=p["batch"],
+        max_batch=p["max_batch"], precision=p["precision"], format=p["fmt"], out=p["out"],
+        device=p["device"], opset=p["opset"], workspace_gib=p["workspace"],
+        opt_level=p["opt_level"], timing_cache=p["timing_cache"], validate=not p["no_validate"],
+    )  # fmt: skip
+    return exporter.export_model(options, log=log)
+
+
+def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json, log):
     """--format triton: the repository model of --from, or of an ONNX export of the usual
     options (exported into a staging folder of --out, removed afterwards)."""
     import shutil
@@ -136,16 +143,13 @@ def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json):
 
     from ..serving.triton_repo import write_triton_repository
 
-    log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
     staging = None
     try:
         source = from_artifact
         if source is None:
-            params = dict(ctx.params, fmt="onnx", from_artifact=None, as_json=True)
             Path(out).mkdir(parents=True, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".triton-onnx-", dir=out)
-            params["out"] = staging
-            source = _export_onnx(params, log)
+            source = str(_export(dict(ctx.params, fmt="onnx", out=staging), log)[0])
         model_dir = write_triton_repository(
             source, out, name=name, queue_delay_us=queue_delay_us, rebuild=command_line(ctx)
         )
@@ -157,22 +161,3 @@ def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json):
                "config": config}  # fmt: skip
     text = f"wrote Triton model {model_dir}  (tritonserver --model-repository {out})\n{config}"
     emit(payload, as_json, text.rstrip())
-
-
-def _export_onnx(params: dict, log) -> str:
-    """The ONNX export of the `export` options in ``params``; returns the artifact's path."""
-    from export import ExportOptions, export_model
-
-    from ..models import PRESETS
-
-    side = params["resolution"] or (PRESETS[params["model"]].resolution
-                                    if params["model"] in PRESETS else 512)  # fmt: skip
-    options = ExportOptions(
-        model=params["model"], base=params["base"], taps=tuple(params["taps"].split(",")),
-        height=params["height"] or side, width=params["width"] or side, batch=params["batch"],
-        max_batch=params["max_batch"], precision=params["precision"], format="onnx",
-        out=params["out"], device=params["device"], opset=params["opset"],
-        validate=not params["no_validate"],
-    )  # fmt: skip
-    path, _ = export_model(options, log=log)
-    return str(path)

@@ -13,9 +13,9 @@ from torch import nn
 
 from .featurenet import FeatureNet, LatentEncoder, images_to_unit_range
 from .noise import add_noise, sd_alphas_cumprod
+from .presets import DIFT_TIMESTEP
 from .unet import TruncatedUNet
 
-DIFT_TIMESTEP = 261
 DIFT_ENSEMBLE = 8
 
 
