@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cleandift_rt import FeatureExtractor
-    from cleandift_rt.evaluation.predictors import build_extractor
+    from cleandift_rt.runtime import build_extractor
     from cleandift_rt.serving import start_server
     from cleandift_rt.serving.client import Client
     from cleandift_rt.serving.protocol import encode_image

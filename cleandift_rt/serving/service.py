@@ -61,7 +61,7 @@ class BatchStats:
 
 
 class FeatureService:
-    """One replica: a FeatureExtractor built by ``evaluation.build_extractor``.
+    """One replica: a FeatureExtractor built by ``runtime.build_extractor``.
 
     Every image of every request goes through ``extract_one``, which ``@serve.batch`` collects
     into batches of up to ``max_batch`` images (waiting at most ``batch_wait_ms`` for one to
@@ -74,7 +74,7 @@ class FeatureService:
     """
 
     def __init__(self, config: dict[str, Any], stats):
-        from ..evaluation.predictors import build_extractor
+        from ..runtime import build_extractor
 
         self.config = ServeConfig(**config)
         self.stats = stats
@@ -142,24 +142,22 @@ class FeatureService:
             self.model_busy = False
 
     def _forward(self, arrays: list[np.ndarray]) -> tuple[list[dict], list[int]]:
-        """One runner call per input size and per chunk of the runner's batch range; returns
-        per-image {tap: (C, h, w)} and the size of each forward pass."""
+        """``extract_prepared`` per input size (it chunks to the runner's batch range and pads an
+        artifact's smallest batch); returns per-image {tap: (C, h, w)} and the number of images
+        of each runner call."""
         lo, hi = self.fx.batch_range
+        step = max(lo, min(len(arrays), hi))
         outputs: list[dict] = [{} for _ in arrays]
         sizes: list[int] = []
         by_shape: dict[tuple, list[int]] = {}
         for i, array in enumerate(arrays):
             by_shape.setdefault(array.shape, []).append(i)
         for indices in by_shape.values():
-            for start in range(0, len(indices), hi):
-                part = indices[start : start + hi]
-                batch = np.stack([arrays[i] for i in part])
-                if len(batch) < lo:  # an artifact's smallest batch: pad with copies
-                    batch = np.concatenate([batch, np.repeat(batch[-1:], lo - len(batch), 0)])
-                maps = self.fx.runner(batch)
-                for j, i in enumerate(part):
-                    outputs[i] = {tap: m[j] for tap, m in maps.items()}
-                sizes.append(len(part))
+            batch = np.stack([arrays[i] for i in indices])
+            maps = self.fx.extract_prepared(batch, batch_size=step).maps
+            for j, i in enumerate(indices):
+                outputs[i] = {tap: m[j] for tap, m in maps.items()}
+            sizes += [min(step, len(indices) - s) for s in range(0, len(indices), step)]
         return outputs, sizes
 
     def _background(self, awaitable) -> None:
