@@ -119,6 +119,7 @@ def test_health_and_info(server, local):
     assert info["strides"] == {t: local.strides[t] for t in TAPS}
     assert info["input_size"] == [RES, RES]
     assert info["backend"] == "torch" and info["device"] == "cpu"
+    assert info["torch_threads"] == 1  # a 1-CPU replica: Ray sets OMP_NUM_THREADS=1
     assert info["batching"]["max_batch"] == 8 and info["batching"]["batch_wait_ms"] == 50
     assert info["max_body_mb"] == MAX_BODY_MB
     assert {"cleandift_rt", "torch", "ray"} <= set(info["versions"])

@@ -61,7 +61,7 @@ class ServeConfig:
         return asdict(self)
 
     def extractor_args(self) -> dict[str, Any]:
-        """Keyword arguments of ``evaluation.build_extractor`` for one replica."""
+        """Keyword arguments of ``runtime.build_extractor`` for one replica."""
         return {
             "model": self.model,
             "taps": tuple(t.strip() for t in self.taps.split(",") if t.strip()),

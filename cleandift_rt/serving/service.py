@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -61,16 +61,20 @@ class BatchStats:
 
 
 class FeatureService:
-    """One replica: a FeatureExtractor built by ``evaluation.build_extractor``.
+    """One replica: a FeatureExtractor built by ``runtime.build_extractor``.
 
     Every image of every request goes through ``extract_one``, which ``@serve.batch`` collects
     into batches of up to ``max_batch`` images (waiting at most ``batch_wait_ms`` for one to
-    fill); a batch runs as one forward pass per input size on a single model thread, while the
-    event loop keeps decoding and matching other requests in worker threads.
+    fill). Ray Serve forms those batches on its timer even while the model is busy, so under
+    load they would queue behind the running pass as many small batches; they go to a model
+    queue instead, and each forward pass takes up to ``max_batch`` of the images waiting there
+    (what Triton's dynamic batcher does). Passes run one at a time on a model thread (one per
+    input size and runner batch range), while the event loop keeps decoding and matching other
+    requests in worker threads.
     """
 
     def __init__(self, config: dict[str, Any], stats):
-        from ..evaluation.predictors import build_extractor
+        from ..runtime import build_extractor
 
         self.config = ServeConfig(**config)
         self.stats = stats
@@ -82,7 +86,10 @@ class FeatureService:
         self.extract_one.set_max_batch_size(self.config.max_batch)
         self.extract_one.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.pending: set[asyncio.Task] = set()
+        self.model_queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self.model_busy = False
+        self.model_task: asyncio.Task | None = None
+        self.pending: set[asyncio.Task] = set()  # statistics calls in flight
         self.prefix = self.config.route_prefix.rstrip("/")
 
     def _warm_up(self) -> None:
@@ -91,39 +98,74 @@ class FeatureService:
 
     # ------------------------------------------------------------------------ batching
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def extract_one(self, arrays: list[np.ndarray]) -> list[tuple[dict, int]]:
-        """uint8 (H, W, 3) network inputs → ({tap: (C, h, w)}, images in its batch) each."""
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=8)
+    async def extract_one(self, arrays: list[np.ndarray]) -> list[tuple[dict, int] | Exception]:
+        """uint8 (H, W, 3) network inputs → ({tap: (C, h, w)}, images in its forward pass) each,
+        or the exception of its pass (which fails its own request only; see ``features_of``)."""
         loop = asyncio.get_running_loop()
-        outputs, sizes = await loop.run_in_executor(self.model_thread, self._forward, arrays)
-        self._background(self.stats.record_batch.remote(sizes))
-        return [(out, len(arrays)) for out in outputs]
+        futures = [loop.create_future() for _ in arrays]
+        self.model_queue.extend(zip(arrays, futures))
+        if not self.model_busy:
+            self.model_busy = True
+            self.model_task = loop.create_task(self._drain_model_queue())
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    async def features_of(self, array: np.ndarray) -> tuple[dict, int]:
+        """One image through the batcher: ({tap: (C, h, w)}, images in its forward pass)."""
+        result = await self.extract_one(array)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _drain_model_queue(self) -> None:
+        """Forward passes over the model queue, up to ``max_batch`` images each, until empty."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self.model_queue:
+                count = min(len(self.model_queue), self.config.max_batch)
+                take = [self.model_queue.popleft() for _ in range(count)]
+                arrays = [a for a, _ in take]
+                try:
+                    outputs, sizes = await loop.run_in_executor(
+                        self.model_thread, self._forward, arrays
+                    )
+                except Exception as exc:  # noqa: BLE001 - fails these requests, not the replica
+                    for _, future in take:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self._background(self.stats.record_batch.remote(sizes))
+                for out, (_, future) in zip(outputs, take):
+                    if not future.done():
+                        future.set_result((out, len(arrays)))
+        finally:
+            self.model_busy = False
 
     def _forward(self, arrays: list[np.ndarray]) -> tuple[list[dict], list[int]]:
-        """One runner call per input size and per chunk of the runner's batch range; returns
-        per-image {tap: (C, h, w)} and the size of each forward pass."""
+        """``extract_prepared`` per input size (it chunks to the runner's batch range and pads an
+        artifact's smallest batch); returns per-image {tap: (C, h, w)} and the number of images
+        of each runner call."""
         lo, hi = self.fx.batch_range
+        step = max(lo, min(len(arrays), hi))
         outputs: list[dict] = [{} for _ in arrays]
         sizes: list[int] = []
         by_shape: dict[tuple, list[int]] = {}
         for i, array in enumerate(arrays):
             by_shape.setdefault(array.shape, []).append(i)
         for indices in by_shape.values():
-            for start in range(0, len(indices), hi):
-                part = indices[start : start + hi]
-                batch = np.stack([arrays[i] for i in part])
-                if len(batch) < lo:  # an artifact's smallest batch: pad with copies
-                    batch = np.concatenate([batch, np.repeat(batch[-1:], lo - len(batch), 0)])
-                maps = self.fx.runner(batch)
-                for j, i in enumerate(part):
-                    outputs[i] = {tap: m[j] for tap, m in maps.items()}
-                sizes.append(len(part))
+            batch = np.stack([arrays[i] for i in indices])
+            maps = self.fx.extract_prepared(batch, batch_size=step).maps
+            for j, i in enumerate(indices):
+                outputs[i] = {tap: m[j] for tap, m in maps.items()}
+            sizes += [min(step, len(indices) - s) for s in range(0, len(indices), step)]
         return outputs, sizes
 
-    def _background(self, response) -> None:
+    def _background(self, awaitable) -> None:
+        """Await a statistics call without holding up a request."""
+
         async def settle():
             try:
-                await response
+                await awaitable
             except Exception as exc:  # noqa: BLE001 - statistics never fail a request
                 log.warning("batch statistics not recorded: %s", one_line(exc))
 
@@ -190,7 +232,7 @@ class FeatureService:
         source, target, points, prepared = await self._in_thread(self._decode_pair, data)
         decoded = time.perf_counter()
         (src, n_src), (tgt, n_tgt) = await asyncio.gather(
-            self.extract_one(prepared[0].array), self.extract_one(prepared[1].array)
+            self.features_of(prepared[0].array), self.features_of(prepared[1].array)
         )
         extracted = time.perf_counter()
         maps = {tap: torch.stack([src[tap], tgt[tap]])}
@@ -239,7 +281,7 @@ class FeatureService:
         prepared = await self._in_thread(
             lambda: self.fx.prepare(decode_image(data.get("image"), "image"))[0]
         )
-        out, n = await self.extract_one(prepared.array)
+        out, n = await self.features_of(prepared.array)
         from ..extractor import Features
 
         features = Features({t: out[t][None] for t in taps}, [prepared.transform],
@@ -274,6 +316,7 @@ class FeatureService:
             "backend": getattr(runner, "name", type(runner).__name__),
             "device": str(runner.device),
             "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+            "torch_threads": torch.get_num_threads(),
             "batching": {
                 "max_batch": cfg.max_batch,
                 "batch_wait_ms": cfg.batch_wait_ms,
@@ -315,7 +358,7 @@ def build_app(config: ServeConfig):
         name="FeatureService",
         num_replicas=config.replicas,
         ray_actor_options=options,
-        max_ongoing_requests=max(16, 4 * config.max_batch),
+        max_ongoing_requests=8 * config.max_batch,  # = max_batch x serve.batch's concurrency
         health_check_period_s=10,
         max_constructor_retry_count=config.replicas,  # a model that fails to load fails again
     )
