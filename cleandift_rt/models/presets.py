@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol import DIFT_TIMESTEP
+
 CLEANDIFT_REPO = "CompVis/cleandift"
 SD21_REPO = "stabilityai/stable-diffusion-2-1"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DIFT_TIMESTEP = 261  # DIFT's timestep: CleanDIFT's initial student timestep, where the released
-DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # *_unet weights run (the one place the number is)
+DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # the released *_unet weights run at DIFT's timestep
 
 
 @dataclass(frozen=True)
