@@ -12,7 +12,7 @@ import torch
 from .artifacts import ArtifactError, read_sidecar
 from .backends import registry
 from .extractor import FeatureExtractor, resolve_device, resolve_dtype
-from .models.dift import DIFT_ENSEMBLE, DIFT_TIMESTEP
+from .protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
 
 
 def load_runner(path: str | Path, device: str | torch.device | None = None, provider=None):
