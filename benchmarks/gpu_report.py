@@ -225,7 +225,8 @@ def evaluate_targets(stages: dict, dry_run: bool) -> dict[str, dict]:
 
 def validate_report(report: dict, strict: bool = False) -> list[str]:
     """Problems with ``report`` (empty when it follows the schema). ``strict``: also a problem
-    when a stage failed or timed out (the dry run in CI must run every stage cleanly)."""
+    when a stage failed, or timed out within its own budget (the dry run in CI must run every
+    stage cleanly; a stage cut short by the total budget on a loaded machine is not a defect)."""
     problems = [f"missing top-level key '{k}'" for k in TOP_KEYS if k not in report]
     if report.get("schema") != SCHEMA:
         problems.append(f"schema is {report.get('schema')!r}, not {SCHEMA!r}")
@@ -239,7 +240,8 @@ def validate_report(report: dict, strict: bool = False) -> list[str]:
             problems.append(f"stage {name}: status {status} without a reason")
         if status == "failed" and not (stage.get("error") or {}).get("message"):
             problems.append(f"stage {name}: failed without an error message")
-        if strict and status in BAD_STATUSES:
+        cut = status == "timeout" and stage.get("budget_cut_by_total")
+        if strict and status in BAD_STATUSES and not cut:
             problems.append(f"stage {name} {status}: {stage.get('reason')}")
     if not report.get("stages"):
         problems.append("no stages")

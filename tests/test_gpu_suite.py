@@ -183,6 +183,10 @@ def test_validate_report_names_every_gap():
     assert "stage training: status partial without a reason" in problems
     assert not any("matcher failed: boom" in p for p in problems)
     assert "stage matcher failed: boom" in gpu_report.validate_report(report, strict=True)
+    report["stages"]["matcher"] = {"status": "timeout", "seconds": 9.0, "reason": "killed"}
+    assert "stage matcher timeout: killed" in gpu_report.validate_report(report, strict=True)
+    report["stages"]["matcher"]["budget_cut_by_total"] = True  # the total budget ran out
+    assert not any("matcher" in p for p in gpu_report.validate_report(report, strict=True))
 
 
 def test_markdown_lists_targets_stages_and_rows():
