@@ -7,9 +7,9 @@ a dependency, is skipped with the reason (``ctx.skip``). On a GPU: CUDA events f
 With ``ctx.dry_run`` every stage runs the same code on the CPU at tiny sizes (CI).
 
 Sizes (GPU / dry run): model random:sd21 / tiny; extraction at 512², 768² / 64², batch 1, 8 /
-1, 2; matcher K 1, 256, 4096 on 24², 48², 96² × 320, 1280 → 768² / K 1, 64 on
-12² × 32 and 6² × 16 → 48²; tracking 512², 256 points / 64², 16 points; one distillation step at
-768², batch 8 / 64², batch 2.
+1, 2; matcher K 1, 256, 4096 on 24², 48², 96² × 320, 1280 → 768² / K 8 on 6² × 16 → 24² (with
+Triton) and K 16 on 12² × 32 → 48²; tracking 512², 256 points / 64², 16 points; one
+distillation step at 768², batch 8 / 64², batch 1.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def stage_environment(ctx: StageContext) -> None:
         driver["note"] = "nvidia-smi not found or failed"
     ctx.results.update(hardware=hardware, driver=driver, versions=versions)
     ctx.save()
-    precisions = ["fp32"] if ctx.dry_run else ["bf16", "fp16", "fp32"]
+    precisions = ["bf16", "fp16", "fp32"] if device.type == "cuda" else ["fp32"]
     peaks: dict[str, Any] = {}
     measure_peaks(peaks, device, precisions, 0.1 if ctx.dry_run else 1.0)
     hardware["peaks"] = {
@@ -249,7 +249,7 @@ def stage_environment(ctx: StageContext) -> None:
 def matcher_grid(dry_run: bool) -> list[tuple[int, int, int, int]]:
     """(K, side, C, out) configurations, the target one (K=4096, 48²×1280 → 768²) first."""
     if dry_run:  # Triton's CPU interpreter takes ~1 s a call: two configurations
-        return [(16, 12, 32, 48), (1, 6, 16, 48)]
+        return [(8, 6, 16, 24), (16, 12, 32, 48)]
     first, ks, sides, chans, out = (
         (4096, 48, 1280, 768),
         (1, 256, 4096),

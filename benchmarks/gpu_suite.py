@@ -211,19 +211,24 @@ def missing_modules(names) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
-def cuda_visible(env: dict) -> tuple[bool, str]:
-    """Whether torch sees a CUDA device (asked in a subprocess: the parent never imports torch,
-    so a broken CUDA cannot take the suite down)."""
+def cuda_check(env: dict) -> subprocess.Popen:
+    """Start asking, in a subprocess, whether torch sees a CUDA device: the parent never
+    initialises CUDA, so a broken driver cannot take the suite down (runs during the preload)."""
     code = "import torch; print(torch.cuda.is_available())"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def cuda_visible(proc: subprocess.Popen) -> tuple[bool, str]:
+    """(visible, why not) from ``cuda_check``'s subprocess."""
     try:
-        run = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-        )
+        out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
+        proc.kill()
         return False, "importing torch took over 120 s"
-    if run.returncode != 0:
-        return False, "torch does not import: " + run.stderr.strip().splitlines()[-1:][0]
-    return run.stdout.strip().endswith("True"), "torch.cuda.is_available() is False"
+    if proc.returncode != 0:
+        return False, "torch does not import: " + (err.strip().splitlines() or ["?"])[-1]
+    return out.strip().endswith("True"), "torch.cuda.is_available() is False"
 
 
 def run_suite(args) -> int:
@@ -270,8 +275,10 @@ def run_suite(args) -> int:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run is the CPU path, GPU or not
         env.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
         env.setdefault("OMP_NUM_THREADS", "1")  # shared CI cores: one thread is steadier
-    has_cuda, why_not = (False, "dry run") if args.dry_run else cuda_visible(dict(env))
+    check = None if args.dry_run else cuda_check(dict(env))
     preload_error = preload(log)
+    has_cuda, why_not = (False, "dry run") if check is None else cuda_visible(check)
+    log(f"imports preloaded at {time.perf_counter() - t0:.0f} s")
     if preload_error:
         stages["bootstrap"]["preload_error"] = preload_error
     selected = args.stages.split(",") if args.stages else STAGE_NAMES
@@ -298,7 +305,7 @@ def run_suite(args) -> int:
             }
             log(f"{stage.name}: skipped ({reason})")
             continue
-        log(f"{stage.name}: start, budget {budget:.0f} s")
+        log(f"{stage.name}: start at {time.perf_counter() - t0:.0f} s, budget {budget:.0f} s")
         if stage.name == "gpu_tests":  # the C++ bindings the cpp stage built, if any
             built = (stages.get("cpp_matcher", {}).get("results") or {}).get("python_dir")
             if built:

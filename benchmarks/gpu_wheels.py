@@ -96,17 +96,20 @@ def _applies(req: Requirement, env: dict | None) -> bool:
     return req.marker is None or req.marker.evaluate(env or {"extra": ""})
 
 
-def installed_version(name: str, exclude: Path | None = None) -> Version | None:
-    """Version of distribution ``name`` in this interpreter's path (``exclude``: a folder whose
-    distributions do not count, e.g. the suite's own install target)."""
+def installed_versions(exclude: Path | None = None) -> dict[str, Version]:
+    """canonical name → version of every distribution on this interpreter's path (``exclude``:
+    a folder whose distributions do not count, e.g. the suite's own install target). The first
+    on the path wins, as for imports."""
     paths = [p for p in sys.path if exclude is None or Path(p or ".").resolve() != exclude]
+    out: dict[str, Version] = {}
     for dist in metadata.distributions(path=paths):
-        if canonicalize_name(dist.metadata["Name"] or "") == canonicalize_name(name):
+        name = canonicalize_name(dist.metadata["Name"] or "")
+        if name and name not in out:
             try:
-                return Version(dist.version)
+                out[name] = Version(dist.version)
             except Exception:  # an unparsable local version: present, treat as new
-                return Version("0")
-    return None
+                out[name] = Version("0")
+    return out
 
 
 def plan(wheels: dict[str, Path], have: dict[str, Version | None]) -> tuple[list[Path], list[str]]:
@@ -157,13 +160,11 @@ def install(folder: Path, site: Path, log=print) -> dict:
     ``sys.path``. Returns {installed, present, problems, site}."""
     site = site.resolve()
     wheels = carried(folder)
+    installed = installed_versions(exclude=site)
     names = {canonicalize_name(Requirement(r).name) for r in TOP_LEVEL} | set(wheels)
-    have = {n: installed_version(n, exclude=site) for n in names}
-    for w in wheels.values():  # the versions of everything a carried wheel may ask for
-        for r in wheel_requirements(w):
-            n = canonicalize_name(r.name)
-            if n not in have:
-                have[n] = installed_version(n, exclude=site)
+    for w in wheels.values():  # everything a carried wheel may ask for
+        names |= {canonicalize_name(r.name) for r in wheel_requirements(w) if _applies(r, None)}
+    have = {n: installed.get(n) for n in names}
     todo, problems = plan(wheels, have)
     result = {
         "wheels_dir": str(folder),
@@ -210,6 +211,7 @@ def prepare(folder: Path, log=print) -> dict:
     for old in folder.glob("*.whl"):
         old.unlink()
     done: set[str] = set()
+    installed = installed_versions()
     queue = [Requirement(r) for r in TOP_LEVEL]
     while queue:
         req = queue.pop(0)
@@ -217,7 +219,7 @@ def prepare(folder: Path, log=print) -> dict:
         if name in done or name in IMAGE:
             continue
         done.add(name)
-        local = installed_version(name)
+        local = installed.get(name)
         spec = f"{req.name}=={local}" if local and req.specifier.contains(local) else str(req)
         spec = spec.split(";")[0]
         cmd = [
