@@ -66,7 +66,7 @@ STAGES = [  # in priority order: what the targets need first, the long compiles 
     Stage("bench_eager", 60, 60, ("diffusers",)),
     Stage("tracking", 40, 40, ("diffusers", "cv2", "skimage")),
     Stage("training", 45, 45, ("diffusers",)),
-    Stage("cpp_matcher", 40, 30),
+    Stage("cpp_matcher", 50, 30),
     Stage("gpu_tests", 30, 45, ("pytest", "diffusers"), cuda=False),
     Stage("bench_compile", 100, 40, ("diffusers",)),
     Stage("bench_export", 90, 60, ("diffusers",)),
@@ -115,8 +115,8 @@ def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
     read_fd, write_fd = os.pipe()
     start = time.perf_counter()
     pid = os.fork()
-    if pid == 0:  # the child: its own process group, output into the pipe
-        os.setsid()
+    if pid == 0:  # the child: its own process group (same session), output into the pipe
+        os.setpgid(0, 0)  # not setsid: whoever ends the suite's session ends the stage too
         os.close(read_fd)
         os.dup2(write_fd, 1)
         os.dup2(write_fd, 2)
@@ -129,6 +129,10 @@ def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    try:  # also here: no race with a kill right after the fork
+        os.setpgid(pid, pid)
+    except OSError:  # the child did it already (or has exited)
+        pass
     os.close(write_fd)
     tail: list[str] = []
 
@@ -141,7 +145,11 @@ def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    status = wait_child(pid, budget)
+    try:
+        status = wait_child(pid, budget)
+    except BaseException:  # e.g. Ctrl-C: take the stage down with the suite
+        os.killpg(pid, signal.SIGKILL)
+        raise
     timed_out = status is None
     if timed_out:
         for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 10.0)):
