@@ -30,6 +30,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ import gpu_wheels  # noqa: E402
 
 WHEELS = ROOT / ".gpu-wheels"
 SITE = Path("/tmp/gpu-suite-site")
-SCRATCH = Path(tempfile.gettempdir()) / "gpu-suite"
+SCRATCH = Path(tempfile.gettempdir())  # run_suite makes a folder of its own under it
 JSON_NAME, MD_NAME, LOG_NAME = "gpu_suite.json", "gpu_suite.md", "gpu_suite.log"
 
 
@@ -110,7 +111,7 @@ class Log:
 def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
     """Run one stage in a forked child (modules preloaded here, CUDA untouched here, so every
     stage starts fresh on the device) with ``budget`` seconds; returns its record."""
-    out = SCRATCH / f"stage-{stage.name}.json"
+    out = Path(os.environ["GPU_SUITE_SCRATCH"]) / f"stage-{stage.name}.json"
     out.unlink(missing_ok=True)
     read_fd, write_fd = os.pipe()
     start = time.perf_counter()
@@ -242,7 +243,7 @@ def cuda_visible(proc: subprocess.Popen) -> tuple[bool, str]:
 def run_suite(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    SCRATCH.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-suite-", dir=SCRATCH))  # stage files, builds
     log = Log(out_dir / LOG_NAME)
     t0 = time.perf_counter()
     total = args.total_budget or (175.0 if args.dry_run else 450.0)
@@ -273,7 +274,7 @@ def run_suite(args) -> int:
 
     # the environment of every stage (forked) and of their subprocesses (pytest, cmake)
     env = os.environ
-    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", GPU_SUITE_SCRATCH=str(SCRATCH))
+    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", GPU_SUITE_SCRATCH=str(scratch))
     # torch.cuda.is_available() through NVML: a check in this process must not initialise the
     # CUDA driver, or the forked stages could not use it
     env.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -346,6 +347,8 @@ def run_suite(args) -> int:
     }
     write_atomic(out_dir / JSON_NAME, json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out_dir / MD_NAME, gpu_report.markdown(report) + "\n")
+    if not args.keep_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
     problems = gpu_report.validate_report(report)
     for p in problems:
         log(f"schema problem: {p}")
@@ -405,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true", help="--validate: failed stages too")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     p.add_argument("--total-budget", type=float, help="seconds (default 450; dry run 175)")
+    p.add_argument(
+        "--keep-scratch",
+        action="store_true",
+        help="keep the stages' scratch folder (builds, artifacts, stage JSON)",
+    )
     p.add_argument(
         "--budget-scale",
         type=float,
