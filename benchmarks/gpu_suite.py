@@ -30,6 +30,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ import gpu_wheels  # noqa: E402
 
 WHEELS = ROOT / ".gpu-wheels"
 SITE = Path("/tmp/gpu-suite-site")
-SCRATCH = Path(tempfile.gettempdir()) / "gpu-suite"
+SCRATCH = Path(tempfile.gettempdir())  # run_suite makes a folder of its own under it
 JSON_NAME, MD_NAME, LOG_NAME = "gpu_suite.json", "gpu_suite.md", "gpu_suite.log"
 
 
@@ -66,7 +67,7 @@ STAGES = [  # in priority order: what the targets need first, the long compiles 
     Stage("bench_eager", 60, 60, ("diffusers",)),
     Stage("tracking", 40, 40, ("diffusers", "cv2", "skimage")),
     Stage("training", 45, 45, ("diffusers",)),
-    Stage("cpp_matcher", 40, 30),
+    Stage("cpp_matcher", 50, 30),
     Stage("gpu_tests", 30, 45, ("pytest", "diffusers"), cuda=False),
     Stage("bench_compile", 100, 40, ("diffusers",)),
     Stage("bench_export", 90, 60, ("diffusers",)),
@@ -110,13 +111,13 @@ class Log:
 def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
     """Run one stage in a forked child (modules preloaded here, CUDA untouched here, so every
     stage starts fresh on the device) with ``budget`` seconds; returns its record."""
-    out = SCRATCH / f"stage-{stage.name}.json"
+    out = Path(os.environ["GPU_SUITE_SCRATCH"]) / f"stage-{stage.name}.json"
     out.unlink(missing_ok=True)
     read_fd, write_fd = os.pipe()
     start = time.perf_counter()
     pid = os.fork()
-    if pid == 0:  # the child: its own process group, output into the pipe
-        os.setsid()
+    if pid == 0:  # the child: its own process group (same session), output into the pipe
+        os.setpgid(0, 0)  # not setsid: whoever ends the suite's session ends the stage too
         os.close(read_fd)
         os.dup2(write_fd, 1)
         os.dup2(write_fd, 2)
@@ -129,6 +130,10 @@ def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    try:  # also here: no race with a kill right after the fork
+        os.setpgid(pid, pid)
+    except OSError:  # the child did it already (or has exited)
+        pass
     os.close(write_fd)
     tail: list[str] = []
 
@@ -141,7 +146,11 @@ def run_stage(stage: Stage, args, budget: float, log: Log) -> dict:
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    status = wait_child(pid, budget)
+    try:
+        status = wait_child(pid, budget)
+    except BaseException:  # e.g. Ctrl-C: take the stage down with the suite
+        os.killpg(pid, signal.SIGKILL)
+        raise
     timed_out = status is None
     if timed_out:
         for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 10.0)):
@@ -234,7 +243,7 @@ def cuda_visible(proc: subprocess.Popen) -> tuple[bool, str]:
 def run_suite(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    SCRATCH.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-suite-", dir=SCRATCH))  # stage files, builds
     log = Log(out_dir / LOG_NAME)
     t0 = time.perf_counter()
     total = args.total_budget or (175.0 if args.dry_run else 450.0)
@@ -265,7 +274,7 @@ def run_suite(args) -> int:
 
     # the environment of every stage (forked) and of their subprocesses (pytest, cmake)
     env = os.environ
-    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", GPU_SUITE_SCRATCH=str(SCRATCH))
+    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", GPU_SUITE_SCRATCH=str(scratch))
     # torch.cuda.is_available() through NVML: a check in this process must not initialise the
     # CUDA driver, or the forked stages could not use it
     env.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -338,6 +347,8 @@ def run_suite(args) -> int:
     }
     write_atomic(out_dir / JSON_NAME, json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out_dir / MD_NAME, gpu_report.markdown(report) + "\n")
+    if not args.keep_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
     problems = gpu_report.validate_report(report)
     for p in problems:
         log(f"schema problem: {p}")
@@ -397,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true", help="--validate: failed stages too")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     p.add_argument("--total-budget", type=float, help="seconds (default 450; dry run 175)")
+    p.add_argument(
+        "--keep-scratch",
+        action="store_true",
+        help="keep the stages' scratch folder (builds, artifacts, stage JSON)",
+    )
     p.add_argument(
         "--budget-scale",
         type=float,
