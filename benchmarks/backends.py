@@ -30,7 +30,8 @@ EXPORTED = {"onnx": "onnx", "aoti": "aoti", "trt": "engine"}
 
 def make_runner(backend: str, precision: str, args, res: int, batch: int, workdir: Path):
     """The runner for one backend: torch eager, or an artifact exported for this shape."""
-    from cleandift_rt.extractor import DTYPES, resolve_device
+    from cleandift_rt.dtypes import DTYPES
+    from cleandift_rt.extractor import resolve_device
     from cleandift_rt.models import load_model
 
     device = resolve_device(args.device)

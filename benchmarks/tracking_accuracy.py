@@ -4,7 +4,7 @@ A 128² window of scikit-image's astronaut (224², never in the toy training pho
 (0, 0), (4, 0), (8, 4), … (24, 12) px over 7 frames; a 4 × 4 grid (20 % margin) is tracked in
 anchor mode with full search; errors against the known motion over all (frame, point) pairs.
 
-    python benchmarks/tracking_accuracy.py --json benchmarks/tracking_accuracy_cpu.json
+    python benchmarks/tracking_accuracy.py --json benchmarks/results/tracking_accuracy_cpu.json
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cleandift_rt.demo import grid_points
 from cleandift_rt.extractor import FeatureExtractor
+from cleandift_rt.geometry import grid_points
 from cleandift_rt.tracking import Tracker
 
 SIZE = 128

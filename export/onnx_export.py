@@ -133,3 +133,8 @@ def fold_constants(model, size_limit: int = FOLD_SIZE_LIMIT):
             return polygraphy_fold(model, num_passes=3, size_threshold=size_limit)
     finally:
         onnxruntime.set_default_logger_severity(2)  # onnxruntime's default: warnings
+
+
+def write_artifact(net: FeatureNet, path: Path, options, meta) -> list[Path]:
+    """The registry's writer of the ``onnx`` format: ``write_onnx`` with ExportOptions."""
+    return write_onnx(net, path, options.height, options.width, options.batch_range, options.opset)

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from skimage import data
 
 from cleandift_rt import cli
-from cleandift_rt.demo import grid_points
+from cleandift_rt.geometry import grid_points
 
 RES = "128"  # tiny at 128 px: us6 (stride 16) is 8x8, mid (stride 64) is 2x2
 ASTRONAUT_HW = (512, 512)

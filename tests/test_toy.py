@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from cleandift_rt.errors import ModelError
-from cleandift_rt.evaluation import ExtractorPredictor, build_extractor
+from cleandift_rt.evaluation import ExtractorPredictor
 from cleandift_rt.evaluation.homography import evaluate_homography, load_photos, make_pairs
 from cleandift_rt.models import load_model
 from cleandift_rt.models.bundled import TOY_DIR, bundled_path, read_manifest, sha256_of
+from cleandift_rt.runtime import build_extractor
 from training.pretrain_toy import PretrainConfig, pretrain
 from training.toy_photos import HELD_OUT, random_crops, training_photos
 
@@ -106,7 +107,8 @@ def _pck(model: str, pairs) -> dict[str, float]:
 
 
 def test_toy_recovers_homographies_of_held_out_photos_far_above_tiny():
-    """The recorded benchmark's pairs (benchmarks/toy_eval_cpu.json): same code, tiny vs toy."""
+    """The recorded benchmark's pairs (benchmarks/results/toy_eval_cpu.json): same code, tiny vs
+    toy."""
     pairs = make_pairs(load_photos(), pairs_per_image=4, seed=0)
     toy, tiny = _pck("toy", pairs), _pck("tiny", pairs)
     assert toy["img@0.1"] >= 0.6, (toy, tiny)

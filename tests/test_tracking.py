@@ -5,14 +5,14 @@ translations and written with cv2.VideoWriter (mp4v, lossy) or as image folders.
 
 Which features: the ``tiny`` model has fixed-seed RANDOM weights and its features do not track
 (measured: median error ≈ the motion itself at every tap and resolution tried, see
-benchmarks/TRACKING.md), so tiny-model tests check plumbing, buffering, faults and outputs. The
-geometry ("tracked points follow the known motion within one feature stride") is checked with
-:class:`PixelPatchRunner`, a real Runner whose stride-4 features are the raw local-contrast
-pixel patches of the frame: discriminative for translations by multiples of its stride, which
-is what the test video uses. Everything between the runner and the results (FeatureExtractor
-preprocessing, grids in original pixels, the matcher, search windows, chain updates, cycle
-check, capture thread) is the production code. The bundled trained ``toy`` model (which never
-saw this photo) is checked to track it with learned features.
+benchmarks/results/TRACKING.md), so tiny-model tests check plumbing, buffering, faults and outputs.
+The geometry ("tracked points follow the known motion within one feature stride") is checked with
+:class:`PixelPatchRunner`, a real Runner whose stride-4 features are the raw local-contrast pixel
+patches of the frame: discriminative for translations by multiples of its stride, which is what the
+test video uses. Everything between the runner and the results (FeatureExtractor preprocessing,
+grids in original pixels, the matcher, search windows, chain updates, cycle check, capture thread)
+is the production code. The bundled trained ``toy`` model (which never saw this photo) is checked to
+track it with learned features.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from skimage import data
 
 from cleandift_rt import FeatureExtractor, cli
-from cleandift_rt.demo import grid_points
-from cleandift_rt.matching import PixelGrid, cosine_argmax_fast
-from cleandift_rt.tracking import Tracker, cosine_argmax_window, run_tracking
+from cleandift_rt.geometry import grid_points
+from cleandift_rt.matching import PixelGrid, cosine_argmax, cosine_argmax_window
+from cleandift_rt.tracking import Tracker, run_tracking
 
 SIZE = 128  # frame side (px)
 STRIDE = 4  # PixelPatchRunner stride (px)
@@ -52,6 +52,7 @@ class PixelPatchRunner:
         self.strides = {"patch": stride}
         self.channels = {"patch": 3 * stride * stride}
         self.input_size = None
+        self.batch_range = (1, 2**31 - 1)  # any batch
         self.device = torch.device("cpu")
         self.stride = stride
 
@@ -126,7 +127,7 @@ def test_window_argmax_equals_full_argmax_when_the_disk_covers_the_frame():
     torch.manual_seed(0)
     target, queries = torch.randn(16, 9, 11), torch.randn(7, 16)
     grid = PixelGrid.interpolate((9, 11), (70, 90))
-    full_xy, full_s = cosine_argmax_fast(queries, target, grid=grid)
+    full_xy, full_s = cosine_argmax(queries, target, grid=grid)
     xy, s = cosine_argmax_window(queries, target, grid, torch.full((7, 2), 35.0), 200.0)
     assert torch.equal(xy, full_xy)
     torch.testing.assert_close(s, full_s, rtol=0, atol=1e-5)

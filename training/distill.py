@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cleandift_rt.cli.common import run_console
+from cleandift_rt.console import run_console
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.checkpoint import save_student_checkpoint, save_unet_file
 from cleandift_rt.models.featurenet import INPUT_MULTIPLE
+from cleandift_rt.protocol import DIFT_TIMESTEP
 
 from . import ddp
 from .captions import CaptionEncoder, text_encoder_folder
@@ -64,13 +65,14 @@ from .objective import (
     step_generator,
     stratified_timesteps,
 )
-from .state import latest_state, list_checkpoints, restore_rng, save_state
+from .state import STATE_FORMAT, latest_state, list_checkpoints, read_state, restore_rng, save_state
 from .stop import StopFlag, report_run
+from .student_init import init_student
 
 # --teacher short names → load_model names (the teacher is the *base* SD U-Net)
 TEACHERS = {"sd21": "sd21-base", "sd15": "sd15-base", "toy": "toy-base", "tiny": "tiny"}
 DISTILLED_TAPS = "mid," + ",".join(f"us{i}" for i in range(1, 11))  # K = 11; us11/us12 are not
-INIT_TIMESTEP = 261.0
+INIT_TIMESTEP = float(DIFT_TIMESTEP)
 # flags that must equal the checkpoint's on --resume (steps, logging and saving may change)
 RECIPE_KEYS = (
     "teacher",
@@ -85,6 +87,7 @@ RECIPE_KEYS = (
     "precision",
     "init_timestep",
     "teacher_t_max",
+    "base",
     "val_images",
     "min_size",
     "captions",
@@ -119,6 +122,9 @@ class TrainConfig:
     compile: bool = False
     grad_checkpointing: bool = False
     resume: bool = False
+    resume_from: str | None = None
+    init_from: str | None = None
+    base: str | None = None
     log_every: int = 10
     save_every: int = 100
     keep: int = 3
@@ -237,6 +243,41 @@ def _expand(context: torch.Tensor, bins: int) -> torch.Tensor:
     return context if context.shape[0] == 1 else context.repeat_interleave(bins, dim=0)
 
 
+def _is_train_state(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == STATE_FORMAT
+    except Exception:
+        return False  # read_student_file gives the one-line reason
+
+
+def _starting_point(cfg: TrainConfig, out: Path):
+    """(training state to resume or None, student file to initialise from or None)."""
+    if sum(map(bool, (cfg.resume, cfg.resume_from, cfg.init_from))) > 1:
+        raise CleanDIFTError("give at most one of --resume, --resume-from and --init-from")
+    start = cfg.resume_from or cfg.init_from
+    if start is not None and not Path(start).is_file():
+        raise CleanDIFTError(f"'{start}' does not exist (a checkpoint or a .safetensors file)")
+    held = list_checkpoints(out)
+    if cfg.resume:
+        state = latest_state(out)
+        if state is None:
+            raise CleanDIFTError(f"no checkpoint in '{out / 'checkpoints'}' to resume from")
+        return state, None
+    if cfg.resume_from and _is_train_state(Path(cfg.resume_from)):
+        state = read_state(Path(cfg.resume_from))
+        if held and Path(cfg.resume_from).resolve() not in [p.resolve() for _, p in held]:
+            raise CleanDIFTError(f"'{out}' already holds other checkpoints: use another --out")
+        return state, None
+    if held:
+        raise CleanDIFTError(
+            f"'{out}' already holds checkpoints: pass --resume to continue, or another --out"
+        )
+    return None, start  # a student file (weights, timestep, heads; a fresh optimiser)
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -300,21 +341,13 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
         if ctx.is_main:
             tqdm.write(message, file=sys.stderr)
 
-    state = None
-    if cfg.resume:
-        state = latest_state(out)
-        if state is None:
-            raise CleanDIFTError(f"no checkpoint in '{out / 'checkpoints'}' to resume from")
-    elif list_checkpoints(out):
-        raise CleanDIFTError(
-            f"'{out}' already holds checkpoints: pass --resume to continue, or another --out"
-        )
+    state, init_file = _starting_point(cfg, out)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     teacher_name = TEACHERS.get(cfg.teacher, cfg.teacher)
-    loaded = load_model(teacher_name)
+    loaded = load_model(teacher_name, base=cfg.base)
     resolution = cfg.resolution or loaded.resolution
     recipe = _recipe(cfg, resolution)
     if state is not None:
@@ -329,7 +362,7 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
             f"skipped {report.skipped} files: {len(report.unreadable)} unreadable, "
             f"{len(report.too_small)} smaller than {cfg.min_size} px"
         )
-    contexts = _context_fn(cfg, ctx, loaded, teacher_name, paths, log)
+    contexts = _context_fn(cfg, ctx, loaded, cfg.base or teacher_name, paths, log)
 
     if ctx.device.type == "cuda" and cfg.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference's fp32 + TF32 matmuls
@@ -338,7 +371,10 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
     if cfg.init_bf16_round:
         round_to_bf16_(loaded.unet)  # the teacher and the student's starting point alike
     student_unet = copy.deepcopy(loaded.unet)
-    student = Student(student_unet, cfg.taps, cfg.init_timestep).to(ctx.device).train()
+    student = Student(student_unet, cfg.taps, cfg.init_timestep)
+    if init_file is not None:
+        init_student(student, init_file, log)
+    student = student.to(ctx.device).train()
     student.requires_grad_(True)
     teacher = Teacher(loaded.vae, loaded.unet, cfg.taps).to(ctx.device)
     if cfg.grad_checkpointing:
@@ -484,11 +520,8 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
     )
     if ctx.is_main and not interrupted:
         name = cfg.name or _default_name(cfg.teacher)
-        base = (
-            teacher_name
-            if not Path(teacher_name).expanduser().exists()
-            else str(Path(teacher_name).resolve())
-        )
+        source = cfg.base or teacher_name  # the pipeline the teacher really came from
+        base = source if not Path(source).expanduser().exists() else str(Path(source).resolve())
         extra = {"recipe": recipe, "steps": step, "producer": "cleandift-rt training.distill"}
         unet_file, full_file = out / f"{name}_unet.safetensors", out / f"{name}_full.safetensors"
         save_unet_file(unet_file, student.unet, float(student.timestep.detach()), base, extra)
@@ -528,6 +561,23 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the U-Nets.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=False)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option(
+    "--resume-from",
+    default=None,
+    help="Continue from this training checkpoint (step-*.safetensors); a student file "
+    "(as --init-from) starts from its weights with a fresh optimiser.",
+)
+@click.option(
+    "--init-from",
+    default=None,
+    help="Start from a student file: CompVis' *_full (U-Net, learned timestep, heads), "
+    "this project's *_full, or a *_unet file (fresh heads).",
+)
+@click.option(
+    "--base",
+    default=None,
+    help="Replace the teacher's base pipeline (a hub preset's) with a diffusers folder or hub id.",
+)
 @click.option("--log-every", type=int, default=10, help="Steps between metric records.")
 @click.option("--save-every", type=int, default=100, help="Steps between checkpoints.")
 @click.option("--keep", type=int, default=3, help="Checkpoints kept (0: all).")

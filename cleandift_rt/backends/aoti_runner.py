@@ -25,7 +25,7 @@ import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
 from ..errors import one_line
-from .base import TORCH_DTYPES, check_artifact_batch
+from .base import check_artifact_batch, describe_artifact
 
 MODEL_NAME = "model"  # AOTInductor's name of the (only) model in a package
 
@@ -119,13 +119,9 @@ class AOTIRunner:
                 f"cannot load AOTInductor package '{path}': {one_line(exc)}"
                 + (f"; rebuild: {meta.rebuild}" if meta.rebuild else "")
             ) from None
-        self.meta = meta
-        self.taps = tuple(t.name for t in meta.taps)
-        self.strides = {t.name: t.stride for t in meta.taps}
-        self.channels = {t.name: t.channels for t in meta.taps}
-        self.input_size = (meta.height, meta.width)
-        self.device = torch.device("cuda", index) if device.type == "cuda" else device
-        self.dtype = TORCH_DTYPES[meta.precision]
+        describe_artifact(
+            self, meta, torch.device("cuda", index) if device.type == "cuda" else device
+        )
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 (B, H, W, 3), B in the artifact's batch range → {tap: (B, C, h, w)} of the

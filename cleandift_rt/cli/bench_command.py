@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from ..backends import registry
 from ..errors import CleanDIFTError
-from .common import check_suffix, command_line, emit, int_list, write_report
+from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
+from .common import check_suffix, command_line, emit, export_api, int_list, write_report
 
 
 @click.command()
@@ -24,8 +26,8 @@ from .common import check_suffix, command_line, emit, int_list, write_report
     "--backends",
     default="torch",
     show_default=True,
-    help="BACKEND[-PRECISION],...: torch, onnx, aoti, trt × fp32, fp16, bf16 "
-    "(bare: fp16 on CUDA, fp32 on the CPU).",
+    help=f"BACKEND[-PRECISION],...: {', '.join(registry.names())} (or an alias such as trt) "
+    "× fp32, fp16, bf16 (bare: fp16 on CUDA, fp32 on the CPU).",
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
@@ -49,8 +51,8 @@ from .common import check_suffix, command_line, emit, int_list, write_report
     show_default=True,
     help="Time the DIFT baseline (fp32 eager, batch 1) in the same run.",
 )
-@click.option("--dift-t", type=click.IntRange(0, 999), default=261, show_default=True)
-@click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--dift-t", type=click.IntRange(0, 999), default=DIFT_TIMESTEP, show_default=True)
+@click.option("--dift-ensemble", type=click.IntRange(1), default=DIFT_ENSEMBLE, show_default=True)
 @click.option(
     "--matcher/--no-matcher",
     default=True,
@@ -141,12 +143,11 @@ def bench(
     built: dict[tuple, Path] = {}
 
     def build_artifact(backend: str, precision: str, res: int, batch: int) -> Path:
-        from export import ExportOptions, export_model  # lazily: the runtime never imports it
-
+        exporter = export_api()  # lazily: the runtime never imports export
         key = (backend, precision, res, batch)
         if key not in built:
-            fmt = {"onnx": "onnx", "aoti": "aoti", "trt": "engine"}[backend]
-            options = ExportOptions(
+            fmt = registry.get(backend, exportable=True).name
+            options = exporter.ExportOptions(
                 model=model,
                 taps=settings.taps,
                 height=res,
@@ -158,7 +159,7 @@ def bench(
                 device=device,
                 validate=False,
             )
-            built[key] = export_model(options, log=lambda _line: None)[0]
+            built[key] = exporter.export_model(options, log=lambda _line: None)[0]
         return built[key]
 
     command = command_line(click.get_current_context())

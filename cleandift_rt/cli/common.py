@@ -3,40 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
+from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
 
 POLICY = click.Choice(["square", "fit"])
-
-
-def fail(message: str, code: int = 2):
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
-
-
-def run_console(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
-    """Run a click command as a console program and exit: user errors (``CleanDIFTError``, bad
-    options) → one ``error: ...`` line and status 2; Ctrl-C → status 130; anything else is a bug
-    and keeps its traceback."""
-    try:
-        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        code = 0
-    except click.ClickException as exc:
-        fail(exc.format_message())
-    except click.exceptions.Abort:
-        fail("aborted", 130)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except CleanDIFTError as exc:
-        fail(str(exc))
-    except BrokenPipeError:
-        code = 0
-    sys.exit(code or 0)
+RESIZE_FILTER = click.Choice(["area", "bicubic-pil"])  # imaging.RESIZE_FILTERS (cv2-free import)
 
 
 def emit(payload: dict, as_json: bool, text: str) -> None:
@@ -56,7 +30,13 @@ def model_options(taps_option: bool):
                 "diffusers folder, "
                 "hub id or CleanDIFT .safetensors file.",
             ),
-            click.option("--base", default=None, help="Base model of a bare *_unet.safetensors."),
+            click.option(
+                "--base",
+                default=None,
+                help="Replaces the base pipeline (VAE, configs, text encoder) of a hub preset "
+                "with a local diffusers folder or a hub id; names the base of a .safetensors "
+                "file that does not say (a preset, folder or hub id).",
+            ),
             click.option(
                 "--resolution",
                 type=int,
@@ -76,7 +56,7 @@ def model_options(taps_option: bool):
             ),
             click.option(
                 "--dtype",
-                type=click.Choice(["fp32", "fp16", "bf16"]),
+                type=click.Choice(PRECISIONS),
                 default=None,
                 help="Default: fp16 on CUDA, fp32 on CPU.",
             ),
@@ -113,25 +93,17 @@ def model_options(taps_option: bool):
     return wrap
 
 
-def open_extractor(
-    model, base, resolution, policy, device, dtype, timestep, taps, artifact=None, **dift_args
-):
-    """The extractor a command runs: an exported ``artifact``, else ``model`` (CleanDIFT's
-    single pass, or its DIFT baseline with ``dift=True, t=, ensemble=``); see build_extractor."""
-    from ..evaluation import build_extractor
+def export_api():
+    """The ``export`` package, imported on demand (the runtime never imports it): installed
+    as ``cleandift_rt.export`` from a wheel, the top-level ``export/`` folder in a checkout."""
+    import importlib
+    import importlib.util
 
-    return build_extractor(
-        model,
-        taps,
-        artifact=artifact,
-        device=device,
-        dtype=dtype,
-        resolution=resolution,
-        policy=policy,
-        base=base,
-        timestep=timestep,
-        **dift_args,
-    )
+    name = "cleandift_rt.export" if importlib.util.find_spec("cleandift_rt.export") else "export"
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CleanDIFTError(f"the export tools are not installed here ({exc})") from None
 
 
 def tap_to_use(fx, tap: str) -> str:
@@ -206,7 +178,7 @@ def command_line(ctx: click.Context) -> str:
 
 
 def write_report(path: str, payload: dict) -> str:
-    from ..bench import write_json
+    from ..files import write_json
 
     try:
         return str(write_json(path, payload))

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..demo import apply_homography, demo_image, grid_points
+from ..demo import demo_image
 from ..errors import CleanDIFTError
+from ..geometry import apply_homography, grid_points
 from ..imaging import load_image
 from .pck import PCKTally, end_point_errors
 

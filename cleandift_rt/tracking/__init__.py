@@ -10,7 +10,6 @@
 from .session import run_tracking
 from .sources import CaptureThread, Frame, open_source
 from .tracker import StreamStats, Tracker, TrackResult
-from .window import cosine_argmax_window
 
 __all__ = [
     "CaptureThread",
@@ -18,7 +17,6 @@ __all__ = [
     "StreamStats",
     "TrackResult",
     "Tracker",
-    "cosine_argmax_window",
     "open_source",
     "run_tracking",
 ]
