@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import Runner, TorchRunner
-from .errors import CleanDIFTError, MatchError
+from .errors import CleanDIFTError, ImageError, MatchError, TapError
 from .imaging import ImageTransform, PreparedImage, pad_to, prepare_image
 from .matching import PixelGrid, cosine_argmax_fast, sample_descriptors
 
@@ -70,10 +70,37 @@ class Features:
     strides: dict[str, int]
 
     def __getitem__(self, tap: str) -> torch.Tensor:
+        if tap not in self.maps:
+            raise TapError(f"tap '{tap}' was not extracted (have: {', '.join(self.maps)})")
         return self.maps[tap]
 
     def __len__(self) -> int:
+        """The number of images (not of taps: iterate or use ``keys()`` for those)."""
         return len(self.transforms)
+
+    def __iter__(self) -> Iterator[str]:
+        """The tap names, like a mapping's keys."""
+        return iter(self.maps)
+
+    def __contains__(self, tap: object) -> bool:
+        return tap in self.maps
+
+    def keys(self) -> KeysView[str]:
+        return self.maps.keys()
+
+    def values(self) -> ValuesView[torch.Tensor]:
+        return self.maps.values()
+
+    def items(self) -> ItemsView[str, torch.Tensor]:
+        return self.maps.items()
+
+    def __repr__(self) -> str:
+        maps = ", ".join(
+            f"{t}: ({', '.join(map(str, m.shape))}) {str(m.dtype).removeprefix('torch.')}"
+            for t, m in self.maps.items()
+        )
+        device = next(iter(self.maps.values())).device if self.maps else "-"
+        return f"Features({len(self)} image(s) on {device}; {maps})"
 
     def grid(self, index: int, tap: str) -> PixelGrid:
         """The grid of image ``index``'s ORIGINAL pixels over the feature cells of ``tap``."""
@@ -158,6 +185,10 @@ class FeatureExtractor:
                 f"backend '{backend}' runs exported artifacts: export the model, then load it "
                 "with cleandift_rt.load_runtime(path)"
             )
+        from .validation import check_timestep, split_taps
+
+        split_taps(taps, "taps")  # names only: the model checks it has them
+        timestep = check_timestep(timestep)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
@@ -186,7 +217,10 @@ class FeatureExtractor:
 
     def prepare(self, images: Any) -> list[PreparedImage]:
         """Decode and resize/pad images; fit-policy images are padded to one common size."""
-        prepared = [prepare_image(im, self.size, self.policy) for im in as_image_list(images)]
+        images = as_image_list(images)
+        if not images:
+            raise ImageError("no images given: pass an image or a non-empty list of images")
+        prepared = [prepare_image(im, self.size, self.policy) for im in images]
         sizes = {p.array.shape[:2] for p in prepared}
         if len(sizes) > 1:
             common = (max(s[0] for s in sizes), max(s[1] for s in sizes))
@@ -231,7 +265,17 @@ class FeatureExtractor:
         tap: str | None = None,
     ) -> MatchResult:
         """``match`` on already extracted features (images ``source`` → ``target``)."""
-        pts = np.asarray(points, dtype=np.float64)
+        if isinstance(points, (str, bytes)):
+            raise MatchError(
+                f"points must be (N, 2) numbers (x, y), e.g. [(120, 80)], not the string "
+                f"{points!r} (the CLI's --points 'x,y;x,y' syntax)"
+            )
+        try:
+            pts = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise MatchError(
+                f"points must be (N, 2) numbers (x, y), got {type(points).__name__}"
+            ) from None
         if pts.size == 0:
             raise MatchError("no points to match")
         if pts.ndim != 2 or pts.shape[1] != 2:

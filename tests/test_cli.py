@@ -312,8 +312,8 @@ def test_extract_file_and_json(console):
     for t, hw in zip(transforms, (ASTRONAUT_HW, CHELSEA_HW)):
         assert t["original_size"] == list(hw)
         assert t["input_size"] == [128, 128]
-        assert t["scale"] == pytest.approx([128 / hw[1], 128 / hw[0]])
-        assert t["offset"] == [0.0, 0.0]
+        assert t["scale_yx"] == pytest.approx([128 / hw[0], 128 / hw[1]])  # (H, W) order
+        assert t["offset_yx"] == [0.0, 0.0]
 
 
 def test_extract_parity_with_api(console, images):

@@ -7,7 +7,17 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
-from .common import check_suffix, command_line, emit, int_list, write_report
+from ..validation import (
+    check_device,
+    check_export_needs,
+    check_input_size,
+    check_model_name,
+    check_output_file,
+    check_output_folder,
+    require_extra,
+    split_taps,
+)
+from .common import command_line, emit, int_list, output_parent, write_report
 
 
 @click.command()
@@ -113,17 +123,33 @@ def bench(
     import shutil
     import tempfile
 
+    check_model_name(model)
+    check_device(device)
+    tap_names = split_taps(taps)
+    sides = int_list(resolutions, "--resolutions")
+    for side in sides:
+        check_input_size(side, side)
+    backend_names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    for name in backend_names:  # what each backend needs, before anything is measured
+        backend, _, precision = name.partition("-")
+        fmt = {"onnx": "onnx", "trt": "engine"}.get(backend)
+        if fmt is not None:
+            check_export_needs(fmt, precision or "fp32", device, validate=True)
+            if fmt == "onnx":
+                require_extra("onnx", "the onnx backend", ["onnxruntime"])
+    check_output_file(out, "--out", (".json",))
+    check_output_file(plot, "--plot", (".png",))
+    check_output_folder(artifacts, "--artifacts")
+
     from ..bench import BenchSettings, format_table, plot_report, run_bench
 
-    check_suffix(out, ".json", "--out")
-    check_suffix(plot, ".png", "--plot")
     settings = BenchSettings(
         model=model,
-        taps=tuple(t for t in taps.split(",") if t),
+        taps=tap_names,
         device=device,
-        resolutions=int_list(resolutions, "--resolutions"),
+        resolutions=sides,
         batches=int_list(batches, "--batches"),
-        backends=tuple(b for b in backends.split(",") if b),
+        backends=backend_names,
         warmup=warmup,
         reps=reps,
         min_time=min_time,
@@ -172,12 +198,14 @@ def bench(
     payload = report.to_dict()
     text = format_table(report)
     if plot is not None:
+        output_parent(plot)
         try:
             payload["plot"] = str(plot_report(report, plot))
         except OSError as exc:
             raise CleanDIFTError(f"cannot write '{plot}': {exc.strerror or exc}") from None
         text += f"\nwrote {plot}"
     if out is not None:
+        output_parent(out)
         payload["out"] = write_report(out, payload)
         text += f"\nwrote {out}"
     emit(payload, as_json, text)

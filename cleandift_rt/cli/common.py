@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 
 from ..errors import CleanDIFTError
+from ..validation import (
+    check_base_name,
+    check_device,
+    check_model_name,
+    check_resolution,
+    check_single_tap,
+    check_timestep,
+    make_folder,
+    split_taps,
+)
 
 POLICY = click.Choice(["square", "fit"])
+_python_showwarning = warnings.showwarning  # the one run_console replaces
 
 
 def fail(message: str, code: int = 2):
@@ -17,10 +29,30 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def log_line(line: str) -> None:
+    """One progress or notice line on stderr (stdout stays clean for --json)."""
+    click.echo(line, err=True)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of the runtime (CleanDIFTWarning) as one ``warning: ...`` line on stderr;
+    others as Python prints them."""
+    from ..errors import CleanDIFTWarning
+
+    if issubclass(category, CleanDIFTWarning):
+        click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def run_console(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
     """Run a click command as a console program and exit: user errors (``CleanDIFTError``, bad
     options) → one ``error: ...`` line and status 2; Ctrl-C → status 130; anything else is a bug
     and keeps its traceback."""
+    from ..errors import CleanDIFTWarning
+
+    warnings.showwarning = show_warning
+    warnings.simplefilter("always", CleanDIFTWarning)  # one line per image / artifact
     try:
         code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare group
@@ -113,6 +145,35 @@ def model_options(taps_option: bool):
     return wrap
 
 
+def check_model_options(
+    model: str | None,
+    base: str | None = None,
+    resolution: int | None = None,
+    policy: str = "square",
+    device: str | None = None,
+    timestep: float | None = None,
+    taps: str | None = None,
+    single_tap: bool = False,
+) -> None:
+    """Every model option checked from the arguments alone, before anything heavy is imported
+    (a bad name, size, timestep or tap list answers in a fraction of a second)."""
+    if model is not None:
+        check_model_name(model)
+    check_base_name(base)
+    check_resolution(resolution, policy)
+    check_device(device)
+    check_timestep(timestep, "--timestep")
+    if taps is not None:
+        (check_single_tap if single_tap else split_taps)(taps)
+
+
+def output_parent(path: str) -> None:
+    """Create the folder of an output file when missing, saying so on stderr."""
+    from pathlib import Path
+
+    make_folder(Path(path).expanduser().parent, log_line)
+
+
 def open_extractor(
     model, base, resolution, policy, device, dtype, timestep, taps, artifact=None, **dift_args
 ):
@@ -181,11 +242,6 @@ def float_list(text: str, what: str) -> tuple[float, ...]:
     if not values or not all(0 < v <= 1 for v in values):
         raise CleanDIFTError(f"{what} must be fractions in (0, 1], got '{text}'")
     return values
-
-
-def check_suffix(path: str | None, suffix: str, option: str) -> None:
-    if path is not None and not path.lower().endswith(suffix):
-        raise CleanDIFTError(f"{option} must be a {suffix} file, got '{path}'")
 
 
 def command_line(ctx: click.Context) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from ..errors import CleanDIFTError
+from ..validation import check_output_file
 from .common import (
-    check_suffix,
+    check_model_options,
     emit,
     float_list,
     model_options,
     open_extractor,
+    output_parent,
     tap_to_use,
     write_report,
 )
@@ -47,6 +49,17 @@ def eval_options(fn):
     return fn
 
 
+def _check_eval_args(out, model, base, resolution, policy, device, timestep, taps, artifact,
+                     dift, **_) -> None:  # fmt: skip
+    """Every argument of an `eval` command checked before anything heavy is imported."""
+    check_model_options(
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True
+    )
+    if artifact is not None and dift:
+        raise CleanDIFTError("--artifact and --dift exclude each other")
+    check_output_file(out, "--out", (".json",))
+
+
 def _eval_predictor(
     model,
     base,
@@ -80,6 +93,7 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     summary["dift_baseline"] = dift
     text = f"{title}: {fx.description or fx.model_name}\n" + format_summary(summary, group)
     if out is not None:
+        output_parent(out)
         summary["out"] = write_report(out, summary)
         text += f"\nwrote {out}"
     emit(summary, as_json, text)
@@ -121,11 +135,11 @@ def eval_spair(
     **model_args,
 ):
     """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
-    from ..evaluation.spair import evaluate_spair, read_pairs
-
-    check_suffix(out, ".json", "--out")
+    _check_eval_args(out, **model_args)
     cats = [c for c in categories.split(",") if c] if categories else None
     thresholds = float_list(alphas, "--alpha")
+    from ..evaluation.spair import evaluate_spair, read_pairs
+
     read_pairs(root, split, cats, max_pairs)  # bad folder → one line, before loading a model
     fx, predict = _eval_predictor(**model_args)
     summary = evaluate_spair(
@@ -187,10 +201,10 @@ def eval_homography(
     **model_args,
 ):
     """PCK and end-point error on photos warped by seeded random homographies (no download)."""
+    _check_eval_args(out, **model_args)
+    alphas = float_list(thresholds, "--thresholds")
     from ..evaluation.homography import evaluate_homography, load_photos, make_pairs
 
-    check_suffix(out, ".json", "--out")
-    alphas = float_list(thresholds, "--thresholds")
     pictures = load_photos([p for p in photos.split(",") if p], images)
     pairs = make_pairs(pictures, pairs_per_image, kind, seed, grid, strength)
     fx, predict = _eval_predictor(**model_args)

@@ -6,7 +6,17 @@ import json
 
 import click
 
-from .common import emit
+from ..errors import CleanDIFTError
+from ..validation import (
+    check_export_needs,
+    check_input_size,
+    check_output_file,
+    check_output_folder,
+    make_folder,
+    remove_empty,
+    split_taps,
+)
+from .common import check_model_options, emit, log_line
 
 
 @click.command("export")
@@ -79,20 +89,32 @@ def export_command(
     as_json,
 ):
     """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package."""
+    from ..models.presets import PRESETS  # a plain table: no torch
+
+    check_model_options(model, base, None, "square", device, None, taps)
+    side = resolution or (PRESETS[model].resolution if model in PRESETS else 512)
+    check_input_size(height or side, width or side)
+    if max_batch is not None and max_batch < batch:
+        raise CleanDIFTError(f"--max-batch {max_batch} is smaller than --batch {batch}")
+    check_output_folder(out, "--out")
+    check_output_file(timing_cache, "--timing-cache")
+    check_export_needs(fmt, precision, device, validate=not no_validate)
+
     from export import ExportOptions, export_model  # lazily: the runtime never imports export
 
-    from ..models import PRESETS
-
-    native = PRESETS[model].resolution if model in PRESETS else 512
-    side = resolution or native
     options = ExportOptions(
-        model=model, base=base, taps=tuple(t for t in taps.split(",")), height=height or side,
+        model=model, base=base, taps=split_taps(taps), height=height or side,
         width=width or side, batch=batch, max_batch=max_batch, precision=precision, format=fmt,
         out=out, device=device, opset=opset, workspace_gib=workspace, opt_level=opt_level,
         timing_cache=timing_cache, validate=not no_validate,
     )  # fmt: skip
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
-    path, meta = export_model(options, log=log)
+    created = make_folder(out, log_line)
+    try:
+        path, meta = export_model(options, log=log)
+    except BaseException:
+        remove_empty(created)
+        raise
     payload = json.loads(meta.to_json())
     payload["path"] = str(path)
     lines = [f"{path}  ({meta.format}, {meta.precision}, batch {meta.batch[0]}..{meta.batch[1]})"]

@@ -10,7 +10,28 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
-from .common import check_points_inside, emit, model_options, open_extractor, parse_points
+from ..validation import check_output_file, check_output_folder, make_folder, remove_empty
+from .common import (
+    check_model_options,
+    check_points_inside,
+    emit,
+    log_line,
+    model_options,
+    open_extractor,
+    output_parent,
+    parse_points,
+)
+
+
+def aoti_compiler() -> str | None:
+    """The C++ compiler AOTInductor would use here ($CXX, else g++, c++ or clang++), or None."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 @click.command()
@@ -56,6 +77,7 @@ def info(as_json: bool):
     backends = {
         "torch": True,
         "onnxruntime": bool(versions["onnxruntime"] or versions["onnxruntime-gpu"]),
+        "aoti": aoti_compiler() is not None,  # AOTInductor packages compile with a C++ compiler
         "tensorrt": bool(versions["tensorrt"]),
         "triton": bool(versions["triton"]),
     }
@@ -94,16 +116,14 @@ def extract(
     images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size, as_json
 ):
     """Extract features of IMAGES into a safetensors file."""
-    from ..imaging import image_name
+    check_model_options(model, base, resolution, policy, device, timestep, taps)
+    check_output_file(out, "--out", (".safetensors",))
+    from ..imaging import check_image_file, image_name
+
+    for image in images:  # fail before loading a model (headers only; pixels decode later)
+        check_image_file(image)
     from ..models.checkpoint import atomic_save
 
-    if not out.lower().endswith(".safetensors"):
-        raise CleanDIFTError(f"--out must be a .safetensors file, got '{out}'")
-    for image in images:  # fail before loading a model; decoding errors come per image later
-        if not Path(image).exists():
-            raise CleanDIFTError(f"cannot read image '{image}': no such file")
-        if not Path(image).is_file():
-            raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
     start = time.perf_counter()
     fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
@@ -117,6 +137,7 @@ def extract(
         "policy": policy,
         "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
     }
+    output_parent(out)
     try:
         atomic_save(dict(feats.maps), out, meta)
     except OSError as exc:
@@ -168,14 +189,16 @@ def match(
     as_json,
 ):
     """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
-    from ..imaging import load_image
-
+    check_model_options(model, base, resolution, policy, device, timestep, taps, single_tap=True)
     if (points is None) == (grid is None):
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
-    if out is not None and not out.lower().endswith(".png"):
-        raise CleanDIFTError(f"--out must be a .png file, got '{out}'")
+    check_output_file(out, "--out", (".png",))
     pts = parse_points(points) if points is not None else None
+    from ..imaging import check_image_size, load_image
+
     src, tgt = load_image(source), load_image(target)
+    check_image_size(src.shape[:2], source)
+    check_image_size(tgt.shape[:2], target)
     if pts is None:
         from ..demo import grid_points
 
@@ -188,6 +211,7 @@ def match(
         from ..viz import draw_correspondences, save_png
 
         picture = draw_correspondences(src, tgt, result.source_points, result.target_points)
+        output_parent(out)
         try:
             payload["picture"] = str(save_png(out, picture))
         except OSError as exc:
@@ -215,12 +239,19 @@ def match(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
-    from ..demo import run_demo
+    check_model_options(model, None, resolution, "square", device, None, taps, single_tap=True)
+    check_output_folder(out_dir, "--out-dir")
+    from ..demo import demo_image, run_demo
     from ..imaging import load_image
 
-    photo = load_image(image) if image is not None else None
+    photo = load_image(image) if image is not None else demo_image()
     fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
-    report = run_demo(fx, out_dir, photo)
+    created = make_folder(out_dir, log_line)
+    try:
+        report = run_demo(fx, out_dir, photo)
+    except BaseException:
+        remove_empty(created)
+        raise
     lines = [
         f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",
         f"  PCK@0.05 {report.pck_05:.2f}   PCK@0.10 {report.pck_10:.2f}   "

@@ -84,6 +84,9 @@ def load_model(
     selects the conditioning text. Returns the model on the CPU in float32. Raises ModelError
     (one line) on any failure.
     """
+    from ..validation import check_timestep
+
+    timestep = check_timestep(timestep)
     loaded = _load(str(model), base, prompt, unet_weights=True)
     if timestep is not None:
         loaded.timestep = float(timestep)
