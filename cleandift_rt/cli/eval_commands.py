@@ -153,13 +153,14 @@ def eval_spair(
     "--images",
     default=None,
     type=click.Path(file_okay=False),
-    help="A folder of photos (default: scikit-image's bundled photos).",
+    help="A folder of photos (default: the bundled sample photos).",
 )
 @click.option(
     "--photos",
     default="astronaut,chelsea,coffee,rocket",
     show_default=True,
-    help="scikit-image photo names, when --images is not given.",
+    help="Sample photo names when --images is not given (bundled: astronaut, chelsea, coffee, "
+    "rocket; any scikit-image photo with the [demo] extra).",
 )
 @click.option("--pairs-per-image", type=click.IntRange(1), default=4, show_default=True)
 @click.option(

@@ -229,7 +229,7 @@ def match(
 @click.command()
 @click.option("--model", default="toy", show_default=True, help="Model to run (see `extract`).")
 @click.option("--tap", "taps", default="us6", show_default=True)
-@click.option("--image", default=None, help="Your own photo (default: scikit-image's astronaut).")
+@click.option("--image", default=None, help="Your own photo (default: the bundled astronaut).")
 @click.option(
     "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
 )
