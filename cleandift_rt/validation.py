@@ -275,19 +275,28 @@ def device_is_cuda(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def check_onnx_runs_here(precision: str, device: str, needed_for: str, hint: str = "") -> None:
+    """An ONNX graph is about to run on ``device`` (export validation, bench): onnxruntime is
+    installed, and a bf16 graph is not meant for the CPU provider."""
+    require_extra("onnx", needed_for, ["onnxruntime"])
+    if precision == "bf16" and not device_is_cuda(device):
+        raise CleanDIFTError(
+            "a bf16 ONNX graph cannot run on the CPU (onnxruntime's CPU provider has no bf16 "
+            "kernels for these ops): use fp32 or fp16 on the CPU, or bf16 with --device cuda" + hint
+        )
+
+
 def check_export_needs(fmt: str, precision: str, device: str, validate: bool) -> None:
     """The packages and device an export needs, checked before any model loads: one line
     naming what is missing and how to install it."""
     if fmt == "onnx":
         require_extra("onnx", "ONNX export", ["onnx"])
         if validate:
-            require_extra("onnx", "validating the ONNX export (--no-validate skips it)",
-                          ["onnxruntime"])  # fmt: skip
-        if precision == "bf16" and validate and not device_is_cuda(device):
-            raise CleanDIFTError(
-                "a bf16 ONNX graph cannot run on the CPU (onnxruntime's CPU provider has no "
-                "bf16 kernels for these ops): export fp32 or fp16 for the CPU, bf16 with "
-                "--device cuda, or add --no-validate to build it for a GPU elsewhere"
+            check_onnx_runs_here(
+                precision,
+                device,
+                "validating the ONNX export (--no-validate skips it)",
+                ", or add --no-validate to build it for a GPU elsewhere",
             )
     elif fmt == "engine":
         missing = []

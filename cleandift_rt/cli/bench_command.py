@@ -12,9 +12,9 @@ from ..validation import (
     check_export_needs,
     check_input_size,
     check_model_name,
+    check_onnx_runs_here,
     check_output_file,
     check_output_folder,
-    require_extra,
     split_taps,
 )
 from .common import command_line, emit, int_list, output_parent, write_report
@@ -134,9 +134,9 @@ def bench(
         backend, _, precision = name.partition("-")
         fmt = {"onnx": "onnx", "trt": "engine"}.get(backend)
         if fmt is not None:
-            check_export_needs(fmt, precision or "fp32", device, validate=True)
-            if fmt == "onnx":
-                require_extra("onnx", "the onnx backend", ["onnxruntime"])
+            check_export_needs(fmt, precision, device, validate=False)
+        if fmt == "onnx":
+            check_onnx_runs_here(precision, device, "the onnx backend")
     check_output_file(out, "--out", (".json",))
     check_output_file(plot, "--plot", (".png",))
     check_output_folder(artifacts, "--artifacts")

@@ -242,9 +242,10 @@ def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
     check_model_options(model, None, resolution, "square", device, None, taps, single_tap=True)
     check_output_folder(out_dir, "--out-dir")
     from ..demo import demo_image, run_demo
-    from ..imaging import load_image
+    from ..imaging import check_image_size, load_image
 
     photo = load_image(image) if image is not None else demo_image()
+    check_image_size(photo.shape[:2], image or "astronaut")
     fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
     created = make_folder(out_dir, log_line)
     try:
