@@ -57,6 +57,26 @@ def as_image_list(images: Any) -> list[Any]:
     return [images]
 
 
+def point_array(points: Any) -> np.ndarray:
+    """Points as an (N, 2) float64 array (x, y); MatchError (one line) for anything else."""
+    if isinstance(points, (str, bytes)):
+        raise MatchError(
+            f"points must be (N, 2) numbers (x, y), e.g. [(120, 80)], not the string "
+            f"{points!r} (the CLI's --points 'x,y;x,y' syntax)"
+        )
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MatchError(
+            f"points must be (N, 2) numbers (x, y), got {type(points).__name__}"
+        ) from None
+    if pts.size == 0:
+        raise MatchError("no points to match")
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise MatchError(f"points must be (N, 2) pixel coordinates (x, y), got {pts.shape}")
+    return pts
+
+
 @dataclass
 class Features:
     """Features of a batch of images.
@@ -253,6 +273,7 @@ class FeatureExtractor:
         """For each source point (N, 2) (x, y) in original source pixels, the best target pixel
         in original target pixels: bilinear query sampling, then cosine argmax against the
         target map bilinearly upsampled to the target image size."""
+        point_array(points)  # bad points answer before any extraction
         return self.match_features(self([source, target]), points, tap=tap)
 
     def match_features(
@@ -265,21 +286,7 @@ class FeatureExtractor:
         tap: str | None = None,
     ) -> MatchResult:
         """``match`` on already extracted features (images ``source`` → ``target``)."""
-        if isinstance(points, (str, bytes)):
-            raise MatchError(
-                f"points must be (N, 2) numbers (x, y), e.g. [(120, 80)], not the string "
-                f"{points!r} (the CLI's --points 'x,y;x,y' syntax)"
-            )
-        try:
-            pts = np.asarray(points, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise MatchError(
-                f"points must be (N, 2) numbers (x, y), got {type(points).__name__}"
-            ) from None
-        if pts.size == 0:
-            raise MatchError("no points to match")
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise MatchError(f"points must be (N, 2) pixel coordinates (x, y), got {pts.shape}")
+        pts = point_array(points)
         tap = tap or self.taps[0]
         if tap not in features.maps:
             raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(features.maps)})")

@@ -413,8 +413,8 @@ def test_cli_tracks_an_image_folder_to_video_and_jsonl(photo, tmp_path, capsys):
 
 
 def test_cli_ctrl_c_stops_cleanly_with_complete_outputs(photo, tmp_path):
-    """SIGINT to a real `cleandift-rt track` process: exit 0, a summary, and a video and JSONL
-    holding the same frames."""
+    """SIGINT to a real `cleandift-rt track` process: a summary, a video and JSONL holding the
+    same frames, and exit status 130 like every other command on Ctrl-C."""
     import os
     import signal
     import subprocess
@@ -445,7 +445,8 @@ def test_cli_ctrl_c_stops_cleanly_with_complete_outputs(photo, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["ended"] == "interrupted" and 2 <= summary["frames"] < 300
+    assert f"interrupted after {summary['frames']} frame(s)" in stderr.splitlines()
     assert len(read_jsonl(tracks)) == summary["frames"] == count_video_frames(out)
