@@ -588,6 +588,28 @@ def test_tensorrt_and_aoti_refuse_other_producer_versions():
         AOTIRunner("a.pt2", meta, torch.device("cpu"))
 
 
+def test_aoti_package_metadata_disagreeing_with_its_sidecar_is_refused(fx):
+    """The metadata compiled into an AOTInductor package (as export writes it) is compared
+    with the sidecar before the package's library is loaded."""
+    from cleandift_rt.artifacts import ArtifactError, ArtifactMetadata, TapOutput
+    from cleandift_rt.backends.aoti_runner import check_package_metadata
+    from export.aoti_export import package_metadata
+
+    net = fx.runner.net
+    package = package_metadata(net, 64, 64, (1, 4))
+    meta = ArtifactMetadata(
+        format="aoti", artifact="a.pt2", model="tiny", weights_sha256="0", timestep=261.0,
+        taps=[TapOutput(t, net.channels[t], net.strides[t]) for t in net.taps], height=64,
+        width=64, batch=(1, 4), precision="fp32", rebuild="cleandift-rt export --format aoti",
+    )  # fmt: skip
+    check_package_metadata(package, meta, "a.pt2")  # the exporter's metadata fits its sidecar
+    edits = {"height": 320, "batch": (1, 8), "precision": "fp16"}
+    for field, value in edits.items():
+        edited = ArtifactMetadata(**{**meta.__dict__, field: value})
+        with pytest.raises(ArtifactError, match=r"does not match a\.pt2\.json.*rebuild: "):
+            check_package_metadata(package, edited, "a.pt2")
+
+
 # --------------------------------------------------------------------- consistency details
 
 
