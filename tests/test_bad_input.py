@@ -267,7 +267,9 @@ def test_battery_size():
 # ------------------------------------------------------------------------------ subprocesses
 
 
-def console(args: list[str], tmp_path: Path, preamble: str = "") -> subprocess.CompletedProcess:
+def console(
+    args: list[str], tmp_path: Path, preamble: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess:
     """``python -m cleandift_rt.cli ARGS`` with ``preamble`` run first (a sitecustomize)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     if preamble:
@@ -281,7 +283,7 @@ def console(args: list[str], tmp_path: Path, preamble: str = "") -> subprocess.C
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -644,3 +646,30 @@ def test_demo_and_homography_photos_need_no_scikit_image(monkeypatch):
         np.testing.assert_array_equal(image, expected[name])
     with pytest.raises(CleanDIFTError, match=r"cleandift-rt\[demo\]"):
         sample_photo("camera")
+
+
+NOT_CORE = ("skimage", "onnx", "onnxruntime", "triton", "transformers", "tensorrt", "ray")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--model", "tiny", "--resolution", "64", "--out-dir", "demo", "--json"],
+        ["eval", "homography", "--model", "tiny", "--resolution", "64", "--pairs-per-image",
+         "1", "--grid", "3", "--json"],
+    ],
+    ids=["demo", "eval-homography"],
+)  # fmt: skip
+def test_core_install_runs_demo_and_eval_homography(args, tmp_path):
+    """`pip install -e .` has none of the extras: with every non-core package unimportable,
+    the demo and the homography benchmark run on the bundled photos."""
+    block = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in NOT_CORE)
+    done = console(args, tmp_path, block, timeout=900)  # a model run on a shared CPU
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    if args[0] == "demo":
+        assert (tmp_path / payload["correspondences_png"]).is_file()
+        assert "created folder demo" in done.stderr.splitlines()
+    else:  # the four bundled photos, one warp each
+        assert sorted(payload["groups"]) == ["astronaut", "chelsea", "coffee", "rocket"]
