@@ -352,6 +352,12 @@ def _load_model_timestep():
     load_model("tiny", timestep=1e4)
 
 
+def _base_nosuch():
+    from cleandift_rt.models import load_model
+
+    load_model("tiny", base="nosuch")
+
+
 def _unknown_tap():
     from cleandift_rt import FeatureExtractor
 
@@ -401,6 +407,7 @@ API_CASES = [
     ("from-pretrained-timestep-text", _timestep_text, CleanDIFTError, "soon"),
     ("load-model-timestep-too-large", _load_model_timestep, CleanDIFTError, "999"),
     ("from-pretrained-unknown-tap", _unknown_tap, CleanDIFTError, "us13"),
+    ("load-model-base-nosuch", _base_nosuch, CleanDIFTError, "unknown base 'nosuch'"),
     ("load-image-float-0-255", _float_0_255, ImageError, "divide by 255"),
     ("load-image-float-negative", _float_negative, ImageError, "[0, 1]"),
     ("load-image-float-tensor-0-255", _float_tensor_0_255, ImageError, "divide by 255"),

@@ -84,9 +84,11 @@ def load_model(
     selects the conditioning text. Returns the model on the CPU in float32. Raises ModelError
     (one line) on any failure.
     """
-    from ..validation import check_timestep
+    from ..validation import check_model_name, check_timestep
 
     timestep = check_timestep(timestep)
+    if base is not None:  # a name no loader takes is refused before anything loads
+        check_model_name(str(base), "base")
     loaded = _load(str(model), base, prompt, unet_weights=True)
     if timestep is not None:
         loaded.timestep = float(timestep)
