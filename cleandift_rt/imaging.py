@@ -8,6 +8,8 @@ Conventions used throughout cleandift-rt:
   ``(col, row)`` covers ``[col - 0.5, col + 0.5) x [row - 0.5, row + 0.5)``. Point sets are
   ``(N, 2)`` float64 arrays. This is the convention ``cv2.resize`` samples with, so a resize by
   ``(sx, sy)`` maps ``x -> (x + 0.5) * sx - 0.5``.
+* Serialised transforms (``ImageTransform.to_dict``, the ``extract`` header) are row-first
+  throughout, like the tensor shapes beside them: sizes ``[H, W]``, ``scale_yx``, ``offset_yx``.
 """
 
 from __future__ import annotations
