@@ -192,7 +192,8 @@ def check_output_file(
     out = Path(path).expanduser()
     shown = os.fspath(path)
     if suffixes and not out.name.lower().endswith(suffixes):
-        raise CleanDIFTError(f"{option} must be a {' or '.join(suffixes)} file, got '{shown}'")
+        kind = f"be a {suffixes[0]} file" if len(suffixes) == 1 else f"end in {', '.join(suffixes)}"
+        raise CleanDIFTError(f"{option} must {kind}, got '{shown}'")
     if out.is_dir():
         raise CleanDIFTError(f"cannot write {option} '{shown}': it is a folder")
     if out.exists() and not out.is_file():
