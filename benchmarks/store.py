@@ -124,6 +124,9 @@ def projections() -> dict:
         "store_gb_us6_fp16": {k: round(n * us6_fp16 / 1e9, 1) for k, n in jobs.items()},
         "decode_note": "at the 40 % MFU rate one H200 takes ~85 images/s; decode+resize of a "
         "500x375 JPEG to 768² is measured below per CPU core",
+        "write_mb_per_s_per_gpu_us6_fp16": round(0.4 / floor_s * us6_fp16 / 1e6, 1),
+        "write_note": "the Ray driver writes every shard: at ~0.5 GB/s of us6 fp16 maps per GPU, "
+        "its disk or network, not the GPUs, bounds a 64-GPU run (bf16/fp16 and fewer taps help)",
     }
 
 

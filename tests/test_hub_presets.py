@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cleandift_rt import cli
-from cleandift_rt.errors import ModelError
+from cleandift_rt.errors import CleanDIFTError, ModelError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.prompt import STORED_EMBEDDING
 
@@ -402,6 +402,15 @@ def test_the_artifact_sidecar_records_the_hub_commits(hub_cache, tiny_folder, st
     assert json.loads(Path(f"{path}.json").read_text())["hub_files"] == expected
     assert load_runtime(path, device="cpu").hub_files == expected
     assert "--base" in meta.rebuild
+
+
+def test_base_with_an_artifact_is_refused(tmp_path):
+    from cleandift_rt.runtime import build_extractor
+
+    artifact = tmp_path / "a.onnx"
+    artifact.write_bytes(b"")
+    with pytest.raises(CleanDIFTError, match="does not apply to an exported artifact"):
+        build_extractor("tiny", artifact=str(artifact), base="tiny")
 
 
 def test_partial_caches_name_the_missing_piece(hub_cache, tiny_folder, tmp_path):
