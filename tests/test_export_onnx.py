@@ -23,6 +23,15 @@ TAPS = ("us6", "mid")
 SIZE = 128
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models export and run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def photos(n: int) -> np.ndarray:
     from skimage import data
 

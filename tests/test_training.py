@@ -581,3 +581,24 @@ def test_ctrl_c_on_the_cli_saves_a_resumable_checkpoint(photos, tmp_path):
     assert "rerun with --resume" in stderr and "Traceback" not in stderr
     ((step, _),) = list_checkpoints(out)
     assert step >= 2 and latest_state(out).step == step
+
+
+def test_init_from_heads_of_the_older_recipe_warns(straight_run, tmp_path):
+    import copy
+
+    from safetensors.torch import save_file
+
+    from cleandift_rt.models import load_model
+    from training.student_init import init_student
+
+    _, result = straight_run
+    tensors, meta = read_tensors(result.full_file)
+    recipe = json.loads(meta["recipe"])
+    del recipe["revision"]  # as written before the reference recipe (GELU mapping gate)
+    old = tmp_path / "old_full.safetensors"
+    save_file(tensors, str(old), {**meta, "recipe": json.dumps(recipe)})
+    for path, warned in ((result.full_file, False), (old, True)):
+        student = Student(copy.deepcopy(load_model("tiny").unet), "mid,us3", 261.0)
+        lines = []
+        init_student(student, path, lines.append)
+        assert any(line.startswith("warning: ") and "GELU" in line for line in lines) is warned
