@@ -18,6 +18,7 @@ _EXPORTS = {
     "CleanDIFTError": "errors",
     "FeatureExtractor": "extractor",
     "Features": "extractor",
+    "FeatureStore": "store",
     "MatchResult": "extractor",
     "ImageTransform": "imaging",
     "load_image": "imaging",
@@ -39,6 +40,7 @@ _EXPORTS = {
 __all__ = [
     "CleanDIFTError",
     "FeatureExtractor",
+    "FeatureStore",
     "Features",
     "ImageTransform",
     "MatchResult",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     )
     from .models import load_model
     from .runtime import build_extractor, load_runtime
+    from .store import FeatureStore
     from .tracking import Tracker
 
 

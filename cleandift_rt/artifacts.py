@@ -43,6 +43,8 @@ class ArtifactMetadata:
     """Everything a loader needs to know about an exported FeatureNet.
 
     height/width: the fixed input size (px); batch: (min, max) batch size the artifact takes.
+    hub_files: {repo, file, commit} of every Hugging Face Hub file the weights came from
+    (commit: the resolved 40-hex revision sha), so a result names the exact weights.
     """
 
     format: str
@@ -60,6 +62,7 @@ class ArtifactMetadata:
     build: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     rebuild: str = ""  # the command that rebuilds this artifact
+    hub_files: list[dict[str, str]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     input_name: str = INPUT_NAME
     input_layout: str = "NHWC"

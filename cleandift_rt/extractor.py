@@ -111,6 +111,11 @@ class FeatureExtractor:
         resolution: network input size for runners without a fixed one (square side for
             policy "square", longer side for "fit").
         policy: "square" (DIFT's resize, aspect not kept) or "fit" (keep aspect, pad).
+        resize_filter: "area" (OpenCV area when shrinking, cubic when enlarging) or
+            "bicubic-pil" (PIL's bicubic, as DIFT resizes); see ``imaging.RESIZE_FILTERS``.
+        hub_files: {repo, file, commit} of the hub files the weights came from.
+        prompt_encoder: prompt → context (1, L, D); enables ``set_prompt`` on runners whose
+            network holds its context (the PyTorch ones).
     """
 
     def __init__(
@@ -121,7 +126,12 @@ class FeatureExtractor:
         policy: str = "square",
         model_name: str = "",
         description: str = "",
+        resize_filter: str = "area",
+        hub_files: Sequence[dict[str, str]] = (),
+        prompt_encoder: Any = None,
     ):
+        from .imaging import check_resize_filter
+
         self.runner = runner
         self.size = runner.input_size or resolution
         if self.size is None:
@@ -129,6 +139,11 @@ class FeatureExtractor:
         self.policy = policy
         self.model_name = model_name
         self.description = description
+        self.resize_filter = check_resize_filter(resize_filter)
+        self.hub_files = [dict(f) for f in hub_files]
+        self.prompt_encoder = prompt_encoder
+        self.prompt = ""
+        self._contexts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -145,10 +160,13 @@ class FeatureExtractor:
         timestep: float | None = None,
         prompt: str = "",
         compile: str | None = None,
+        resize_filter: str = "area",
     ) -> FeatureExtractor:
         """Load ``model`` (preset, folder, hub id or safetensors file; see ``load_model``) and
-        build its FeatureNet for ``taps``. ``compile``: a torch.compile mode for the PyTorch
-        backend (see ``TorchRunner``). Exported artifacts load with ``load_runtime``."""
+        build its FeatureNet for ``taps``. ``base``: a local diffusers folder or hub id that
+        replaces the base of a hub preset, or the base of a .safetensors file. ``compile``: a
+        torch.compile mode for the PyTorch backend (see ``TorchRunner``). Exported artifacts
+        load with ``load_runtime``."""
         from .backends import registry
         from .models import load_model
 
@@ -161,13 +179,46 @@ class FeatureExtractor:
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
         runner = TorchRunner(loaded.feature_net(taps), compile=compile)
-        return cls(
+        extractor = cls(
             runner,
             resolution=resolution if resolution is not None else loaded.resolution,
             policy=policy,
             model_name=loaded.name,
             description=loaded.description,
+            resize_filter=resize_filter,
+            hub_files=loaded.hub_files,
+            prompt_encoder=loaded.prompt_encoder,
         )
+        extractor.prompt = prompt
+        return extractor
+
+    def set_prompt(self, prompt: str) -> None:
+        """Condition the network on ``prompt`` from now on (its embedding computed once).
+
+        Needs the model's text encoder and a runner whose network holds its context (PyTorch
+        and the DIFT baseline); an exported artifact bakes its prompt in."""
+        if prompt == self.prompt:
+            return
+        net = getattr(self.runner, "net", None)
+        net = getattr(self.runner, "dift", None) if net is None else net
+        buffer = getattr(net, "context", None)
+        if self.prompt_encoder is None or not isinstance(buffer, torch.Tensor):
+            what = self.model_name or "this model"
+            raise CleanDIFTError(
+                f"cannot condition {what} on a prompt: it needs a PyTorch model with a text "
+                "encoder (an exported artifact bakes its prompt; tiny and toy have none)"
+            )
+        if prompt not in self._contexts:
+            self._contexts[prompt] = self.prompt_encoder(prompt)
+        context = self._contexts[prompt]
+        if context.shape[1:] != buffer.shape[1:]:
+            raise CleanDIFTError(
+                f"prompt embedding {tuple(context.shape)} does not fit the model's context "
+                f"{tuple(buffer.shape)}"
+            )
+        with torch.no_grad():
+            buffer.copy_(context.to(buffer.device, buffer.dtype))
+        self.prompt = prompt
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -184,7 +235,10 @@ class FeatureExtractor:
 
     def prepare(self, images: Any) -> list[PreparedImage]:
         """Decode and resize/pad images; fit-policy images are padded to one common size."""
-        prepared = [prepare_image(im, self.size, self.policy) for im in as_image_list(images)]
+        prepared = [
+            prepare_image(im, self.size, self.policy, resize_filter=self.resize_filter)
+            for im in as_image_list(images)
+        ]
         sizes = {p.array.shape[:2] for p in prepared}
         if len(sizes) > 1:
             common = (max(s[0] for s in sizes), max(s[1] for s in sizes))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POLICIES",
+    "RESIZE_FILTERS",
     "ImageSource",
     "ImageTransform",
     "PreparedImage",
@@ -45,6 +46,11 @@ ImageSource = Union[str, "os.PathLike[str]", np.ndarray, "torch.Tensor", Image.I
 
 #: Resize policies understood by :func:`prepare_image`.
 POLICIES: tuple[str, ...] = ("square", "fit")
+
+#: Resampling filters understood by :func:`prepare_image`: "area" (OpenCV ``INTER_AREA`` when
+#: the area shrinks, ``INTER_CUBIC`` when it grows) and "bicubic-pil" (PIL's antialiased
+#: bicubic ``Image.resize``, what DIFT's SPair evaluation uses).
+RESIZE_FILTERS: tuple[str, ...] = ("area", "bicubic-pil")
 
 _SHAPES_HWC = "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
 _SHAPES_CHW = "(H, W), (1, H, W), (3, H, W) or (4, H, W)"
@@ -408,11 +414,22 @@ def _check_multiple(h: int, w: int, multiple: int, policy: str) -> None:
         )
 
 
-def _resize(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Resize ``(H, W, 3)`` uint8 to ``(h, w, 3)``: area when shrinking, cubic when enlarging."""
+def check_resize_filter(name: str) -> str:
+    """``name`` when it is one of RESIZE_FILTERS, else CleanDIFTError (one line)."""
+    if name not in RESIZE_FILTERS:
+        valid = ", ".join(RESIZE_FILTERS)
+        raise CleanDIFTError(f"unknown resize filter {name!r}: expected one of {valid}")
+    return name
+
+
+def _resize(rgb: np.ndarray, h: int, w: int, resize_filter: str = "area") -> np.ndarray:
+    """Resize ``(H, W, 3)`` uint8 to ``(h, w, 3)`` with ``resize_filter`` (RESIZE_FILTERS)."""
     h0, w0 = rgb.shape[:2]
     if (h, w) == (h0, w0):
         return rgb
+    if resize_filter == "bicubic-pil":
+        resized = Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC)
+        return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
     interp = cv2.INTER_AREA if h * w < h0 * w0 else cv2.INTER_CUBIC
     return np.ascontiguousarray(cv2.resize(rgb, (w, h), interpolation=interp))
 
@@ -422,6 +439,8 @@ def prepare_image(
     size: int | tuple[int, int],
     policy: str = "square",
     multiple: int = 64,
+    *,
+    resize_filter: str = "area",
 ) -> PreparedImage:
     """Decode ``image`` (anything :func:`load_image` takes) and resize/pad it for the network.
 
@@ -436,8 +455,9 @@ def prepare_image(
       bottom/right to exactly ``(H, W)``.
 
     The transform's scale is the per-axis ratio actually used (``resized_w / W``,
-    ``resized_h / H``), its offset ``(0, 0)``. Resampling is ``cv2.INTER_AREA`` when the area
-    shrinks, ``cv2.INTER_CUBIC`` when it grows, none when the size already matches.
+    ``resized_h / H``), its offset ``(0, 0)``. Resampling (``resize_filter``): "area" is
+    ``cv2.INTER_AREA`` when the area shrinks, ``cv2.INTER_CUBIC`` when it grows; "bicubic-pil"
+    is PIL's ``Image.resize(..., BICUBIC)`` (DIFT's); none when the size already matches.
 
     Returns:
         A :class:`PreparedImage` with a ``uint8`` ``(H_in, W_in, 3)`` array.
@@ -450,6 +470,7 @@ def prepare_image(
     if policy not in POLICIES:
         valid = ", ".join(f"'{p}'" for p in POLICIES)
         raise CleanDIFTError(f"unknown resize policy {policy!r}: expected one of {valid}")
+    check_resize_filter(resize_filter)
     mult = _parse_size(multiple, "size multiple")
     if not isinstance(mult, int):
         raise InputSizeError(f"bad size multiple {multiple!r}: expected a positive int")
@@ -485,7 +506,7 @@ def prepare_image(
             rh, rw = th, min(tw, max(1, (2 * w0 * th + h0) // (2 * h0)))
         input_size = (th, tw)
 
-    resized = _resize(rgb, rh, rw)
+    resized = _resize(rgb, rh, rw, resize_filter)
     if (rh, rw) == input_size:
         array = resized
     else:

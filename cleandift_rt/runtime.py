@@ -36,12 +36,13 @@ def load_runtime(
     device: str | torch.device | None = None,
     provider: str | None = None,
     policy: str = "square",
+    resize_filter: str = "area",
 ) -> FeatureExtractor:
     """A FeatureExtractor over an exported artifact (ONNX, TensorRT engine, AOTInductor).
 
     Same call shape and results as ``FeatureExtractor.from_pretrained``; images are resized
     (``policy``) to the artifact's fixed input size. ``provider`` picks onnxruntime's
-    execution provider (cpu, cuda, tensorrt).
+    execution provider (cpu, cuda, tensorrt); ``resize_filter`` as for ``prepare_image``.
     """
     runner = load_runner(path, device, provider)
     meta = runner.meta
@@ -50,6 +51,8 @@ def load_runtime(
         policy=policy,
         model_name=meta.model,
         description=f"{meta.format} artifact {Path(path).name} ({meta.precision})",
+        resize_filter=resize_filter,
+        hub_files=meta.hub_files,
     )
 
 
@@ -67,12 +70,15 @@ def build_extractor(
     policy: str = "square",
     base: str | None = None,
     timestep: float | None = None,
+    resize_filter: str = "area",
 ) -> FeatureExtractor:
     """The extractor a command runs: an exported ``artifact`` (``load_runtime``), the DIFT
     baseline of ``model`` (``dift``: noisy ensemble at ``t``; fp32 unless ``dtype``), or
-    CleanDIFT's single pass (``FeatureExtractor.from_pretrained``)."""
+    CleanDIFT's single pass (``FeatureExtractor.from_pretrained``). ``base`` replaces the base
+    of a hub preset (or names that of a .safetensors file); ``resize_filter``: see
+    ``imaging.RESIZE_FILTERS``."""
     if artifact is not None:
-        return load_runtime(artifact, device=device, policy=policy)
+        return load_runtime(artifact, device=device, policy=policy, resize_filter=resize_filter)
     if not dift:
         return FeatureExtractor.from_pretrained(
             model,
@@ -83,6 +89,7 @@ def build_extractor(
             policy=policy,
             base=base,
             timestep=timestep,
+            resize_filter=resize_filter,
         )
     from .backends.dift_runner import DIFTRunner
     from .models import load_model
@@ -97,4 +104,7 @@ def build_extractor(
         policy=policy,
         model_name=loaded.name,
         description=f"DIFT baseline of {loaded.name} (t={t}, ensemble {ensemble})",
+        resize_filter=resize_filter,
+        hub_files=loaded.hub_files,
+        prompt_encoder=loaded.prompt_encoder,
     )

@@ -15,6 +15,7 @@ from .common import command_line
 from .eval_commands import eval_group
 from .export_command import export_command
 from .feature_commands import demo, extract, info, match
+from .serve_command import serve
 from .track_command import track
 
 __all__ = ["cli", "command_line", "main"]
@@ -26,7 +27,7 @@ def cli():
     """Noise-free Stable Diffusion features (CleanDIFT): extract and match, fast."""
 
 
-for command in (info, extract, match, demo, export_command, bench, eval_group, track):
+for command in (info, extract, match, demo, export_command, bench, eval_group, track, serve):
     cli.add_command(command)
 
 

@@ -10,6 +10,7 @@ from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
 
 POLICY = click.Choice(["square", "fit"])
+RESIZE_FILTER = click.Choice(["area", "bicubic-pil"])  # imaging.RESIZE_FILTERS (cv2-free import)
 
 
 def emit(payload: dict, as_json: bool, text: str) -> None:
@@ -29,7 +30,13 @@ def model_options(taps_option: bool):
                 "diffusers folder, "
                 "hub id or CleanDIFT .safetensors file.",
             ),
-            click.option("--base", default=None, help="Base model of a bare *_unet.safetensors."),
+            click.option(
+                "--base",
+                default=None,
+                help="Replaces the base pipeline (VAE, configs, text encoder) of a hub preset "
+                "with a local diffusers folder or a hub id; names the base of a .safetensors "
+                "file that does not say (a preset, folder or hub id).",
+            ),
             click.option(
                 "--resolution",
                 type=int,

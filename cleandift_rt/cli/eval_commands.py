@@ -7,6 +7,7 @@ import click
 from ..errors import CleanDIFTError
 from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
 from .common import (
+    RESIZE_FILTER,
     check_suffix,
     emit,
     float_list,
@@ -64,6 +65,7 @@ def _eval_predictor(
     dift,
     dift_t,
     dift_ensemble,
+    resize_filter="area",
 ):
     from ..evaluation import ExtractorPredictor
 
@@ -74,6 +76,7 @@ def _eval_predictor(
     fx = build_extractor(
         model, [taps], artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
         resolution=resolution, policy=policy, device=device, dtype=dtype, timestep=timestep,
+        resize_filter=resize_filter,
     )  # fmt: skip
     return fx, ExtractorPredictor(fx, tap_to_use(fx, taps))
 
@@ -84,6 +87,8 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     summary["model"] = fx.model_name
     summary["description"] = fx.description
     summary["dift_baseline"] = dift
+    summary["resize_filter"] = fx.resize_filter
+    summary["hub_files"] = fx.hub_files
     text = f"{title}: {fx.description or fx.model_name}\n" + format_summary(summary, group)
     if out is not None:
         summary["out"] = write_report(out, summary)
@@ -115,6 +120,20 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     show_default=True,
     help="PCK thresholds as fractions of the bbox / image size.",
 )
+@click.option(
+    "--prompt-template",
+    default=None,
+    help="Condition each pair on this prompt, {category} filled in: DIFT's is "
+    "'a photo of a {category}' (the default with --dift when the model has a text encoder); "
+    "'' for one fixed empty prompt (the default otherwise).",
+)
+@click.option(
+    "--resize-filter",
+    type=RESIZE_FILTER,
+    default=None,
+    help="area (OpenCV; the default) or bicubic-pil (PIL's bicubic, DIFT's; the default "
+    "with --dift).",
+)
 @eval_options
 def eval_spair(
     root,
@@ -122,21 +141,39 @@ def eval_spair(
     categories,
     max_pairs,
     alphas,
+    prompt_template,
+    resize_filter,
     out,
     as_json,
     **model_args,
 ):
     """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
-    from ..evaluation.spair import evaluate_spair, read_pairs
+    from ..evaluation.spair import DIFT_PROMPT, DIFT_RESIZE, evaluate_spair, prompt_for, read_pairs
 
     check_suffix(out, ".json", "--out")
     cats = [c for c in categories.split(",") if c] if categories else None
     thresholds = float_list(alphas, "--alpha")
+    dift = model_args["dift"]
+    template = prompt_template if prompt_template is not None else (DIFT_PROMPT if dift else "")
+    if template:
+        prompt_for(template, "category")  # a bad template fails before loading a model
+        if model_args["artifact"] is not None and prompt_template:
+            raise CleanDIFTError(
+                "--prompt-template needs a PyTorch model: an artifact bakes its prompt"
+            )
     read_pairs(root, split, cats, max_pairs)  # bad folder → one line, before loading a model
-    fx, predict = _eval_predictor(**model_args)
+    resize = resize_filter or (DIFT_RESIZE if dift else "area")
+    fx, predict = _eval_predictor(**model_args, resize_filter=resize)
+    if template and fx.prompt_encoder is None:
+        if prompt_template:
+            raise CleanDIFTError(
+                f"--prompt-template needs a model with a text encoder; '{fx.model_name}' has none"
+            )
+        template = ""  # the --dift default, on a model without a text encoder
     summary = evaluate_spair(
-        root, predict, split, cats, max_pairs, thresholds, progress=not as_json
-    )
+        root, predict, split, cats, max_pairs, thresholds, progress=not as_json,
+        prompt_template=template or None,
+    )  # fmt: skip
     _eval_output(summary, fx, model_args["dift"], out, as_json, f"SPair-71k {split}", "category")
 
 

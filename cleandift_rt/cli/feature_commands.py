@@ -11,7 +11,8 @@ import click
 
 from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
-from .common import check_points_inside, emit, model_options, parse_points
+from ..store.cli import is_store_path, run_store_extract, store_options
+from .common import check_points_inside, command_line, emit, model_options, parse_points
 
 
 @click.command()
@@ -57,6 +58,7 @@ def info(as_json: bool):
     from ..backends import registry
     from ..matching.triton_argmax import triton_available
     from ..models import PRESETS
+    from ..models.presets import MIRROR_NOTE
 
     backends = {spec.name: spec.available() for spec in registry.BACKENDS}
     backends["triton"] = triton_available()  # the fused matcher (cosine_argmax on CUDA)
@@ -75,6 +77,7 @@ def info(as_json: bool):
         "backends": backends,
         "registry": registered,
         "models": models,
+        "notes": [MIRROR_NOTE, "--base DIR|HUB_ID replaces the base of every hub preset"],
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
@@ -85,30 +88,48 @@ def info(as_json: bool):
         need = "" if s["available"] else f"  [pip install 'cleandift-rt[{s['extra']}]']"
         lines.append(f"  {s['name'] + also:28s} {s['description']}{need if s['extra'] else ''}")
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
+    lines += [f"note: {n}" for n in payload["notes"]]
     emit(payload, as_json, "\n".join(lines))
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, metavar="SOURCES...")
 @model_options(taps_option=True)
 @click.option(
     "--out",
     "out",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Output .safetensors: one (N, C, h, w) tensor per tap, metadata in the header.",
+    type=click.Path(),
+    help="A folder: a sharded, resumable feature store (store.json, shard-*.safetensors, "
+    "index.jsonl). A .safetensors file: one (N, C, h, w) tensor per tap, for small sets.",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def extract(
-    images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size, as_json
-):
-    """Extract features of IMAGES into a safetensors file."""
+    images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size,
+    as_json, **store_args,
+):  # fmt: skip
+    """Extract features of SOURCES (images, folders, globs, @list.txt, videos) into a feature
+    store folder, or into one .safetensors file."""
+    if is_store_path(out):
+        import shlex
+
+        model_args = dict(model=model, taps=taps, device=device, dtype=dtype,
+                          resolution=resolution, policy=policy, base=base,
+                          timestep=timestep)  # fmt: skip
+        command = f"{command_line(click.get_current_context())} {shlex.join(images)}"
+        payload, text = run_store_extract(
+            images, out, model_args=model_args, store_args=store_args, batch_size=batch_size,
+            as_json=as_json, command=command,
+        )  # fmt: skip
+        emit(payload, as_json, text)
+        return
+    if store_args["engine"] != "local":
+        raise CleanDIFTError("--engine ray writes a feature store: give --out a folder")
     from ..imaging import image_name
     from ..models.checkpoint import atomic_save
 
-    if not out.lower().endswith(".safetensors"):
-        raise CleanDIFTError(f"--out must be a .safetensors file, got '{out}'")
     for image in images:  # fail before loading a model; decoding errors come per image later
         if not Path(image).exists():
             raise CleanDIFTError(f"cannot read image '{image}': no such file")
@@ -119,7 +140,7 @@ def extract(
 
     fx = build_extractor(
         model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
-        timestep=timestep,
+        timestep=timestep, artifact=store_args["artifact"],
     )  # fmt: skip
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
     meta = {
@@ -131,6 +152,7 @@ def extract(
         "transforms": json.dumps([t.to_dict() for t in feats.transforms]),
         "policy": policy,
         "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
+        "hub_files": json.dumps(fx.hub_files),  # [{repo, file, commit}]: the exact weights
     }
     try:
         atomic_save(dict(feats.maps), out, meta)
@@ -142,6 +164,7 @@ def extract(
         "images": len(images),
         "model": fx.model_name,
         "taps": json.loads(meta["taps"]),
+        "hub_files": fx.hub_files,
         "seconds": round(seconds, 3),
     }
     text = [f"wrote {out}: {len(images)} image(s), model {fx.model_name}, {seconds:.1f} s"]

@@ -45,7 +45,15 @@ class ExtractorPredictor:
         points: np.ndarray,
         source_key: str | None = None,
         target_key: str | None = None,
+        prompt: str | None = None,
     ) -> np.ndarray:
+        """``prompt``: condition both images on it (DIFT's per-category prompt); cache keys
+        then include it."""
+        if prompt is not None:
+            self.extractor.set_prompt(prompt)
+            source_key, target_key = (
+                None if k is None else f"{prompt}\0{k}" for k in (source_key, target_key)
+            )
         src, tgt = self.features(source, source_key), self.features(target, target_key)
         fmap = src[self.tap]
         pts = torch.as_tensor(np.asarray(points, dtype=np.float64), device=fmap.device)

@@ -1,0 +1,34 @@
+"""Dataset-scale extraction: sources, a streaming pipeline, a sharded feature store and its
+reader, and a Ray Data engine (``ray`` is imported only by ``store.ray_engine``).
+
+    cleandift-rt extract photos/ --model sd21 --out feats/      # writes, resumes
+    >>> from cleandift_rt import FeatureStore
+    >>> store = FeatureStore("feats/")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FeatureStore": "reader",
+    "StoredImage": "reader",
+    "StoreDataset": "reader",
+    "StoreError": "layout",
+    "SourceItem": "sources",
+    "expand_sources": "sources",
+    "StoreOptions": "pipeline",
+    "StoreSummary": "pipeline",
+    "extract_local": "pipeline",
+    "extract_ray": "ray_engine",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cleandift_rt.store' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
