@@ -7,7 +7,9 @@ All methods run side by side in one process on the same inputs (random ``(C, h, 
   skipped (and recorded) when its tensors would exceed 60 % of free RAM / GPU memory;
 * ``reference``: :func:`cleandift_rt.matching.cosine_argmax_reference` (banded, exact);
 * ``lowres``: :func:`cleandift_rt.matching.lowres.cosine_argmax_lowres`;
-* ``triton``: :func:`cleandift_rt.matching.triton_argmax.cosine_argmax_triton` (CUDA only).
+* ``triton``: :func:`cleandift_rt.matching.triton_argmax.cosine_argmax_triton` (CUDA only);
+* ``auto``: :func:`cleandift_rt.matching.cosine_argmax`, the public entry point (``backend="auto"``:
+  Triton on CUDA, else low-res) — what users get.
 
 Time: median over repeats after one warm-up run (``perf_counter`` on CPU, CUDA events on GPU).
 Peak extra memory of one run (separate from the timed runs): on GPU
@@ -36,13 +38,15 @@ import torch
 import torch.nn.functional as F
 
 from cleandift_rt.dtypes import DTYPES, PRECISIONS
+from cleandift_rt.files import write_json
+from cleandift_rt.matching import cosine_argmax
 from cleandift_rt.matching.lowres import cosine_argmax_lowres
 from cleandift_rt.matching.reference import cosine_argmax_reference
 from cleandift_rt.matching.triton_argmax import cosine_argmax_triton, triton_available
 
 FULL = {"k": (1, 256, 4096), "maps": (24, 48, 96), "channels": (320, 640, 1280)}
 QUICK = {"k": (1, 256, 4096), "maps": (48,), "channels": (320, 1280)}
-METHODS = ("naive", "reference", "lowres", "triton")
+METHODS = ("naive", "reference", "lowres", "triton", "auto")
 GB = 1024**3
 MB = 1024**2
 
@@ -203,6 +207,7 @@ def bench_config(k: int, side: int, c: int, args: argparse.Namespace, rate: floa
         "reference": (lambda: cosine_argmax_reference(queries, target, out), big_flops),
         "lowres": (lambda: cosine_argmax_lowres(queries, target, out), 2.0 * k * c * side**2),
         "triton": (lambda: cosine_argmax_triton(queries, target, out), 2.0 * k * c * side**2),
+        "auto": (lambda: cosine_argmax(queries, target, out), 2.0 * k * c * side**2),
     }
     rows, results = [], {}
     for method in args.methods:
@@ -325,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "results": rows,
         }
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        write_json(args.json, record)
     return 0
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from .backends import registry
 from .errors import CleanDIFTError, one_line
 from .files import write_text
 
 FORMAT_VERSION = 1
-FORMATS = ("onnx", "engine", "aoti")
 INPUT_NAME = "images"
 
 
@@ -113,7 +113,7 @@ def read_sidecar(artifact: str | Path) -> ArtifactMetadata:
         meta = ArtifactMetadata.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"bad metadata sidecar '{path}': {one_line(exc)}") from None
-    if meta.format not in FORMATS:
+    if meta.format not in registry.names(exportable=True):
         raise ArtifactError(f"'{path}': unknown artifact format '{meta.format}'")
     if meta.artifact != artifact.name:
         raise ArtifactError(

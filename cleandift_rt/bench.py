@@ -37,8 +37,8 @@ from .backends import registry
 from .dtypes import DTYPE_NAMES, DTYPES, PRECISIONS
 from .errors import CleanDIFTError
 from .extractor import resolve_device
-from .models.dift import DIFT_TIMESTEP
 from .models.featurenet import INPUT_MULTIPLE
+from .protocol import DIFT_TIMESTEP
 
 SCHEMA = "cleandift-rt.bench/1"
 MAX_RUNS = 1000

@@ -11,8 +11,9 @@ import torch
 
 from .artifacts import ArtifactError, read_sidecar
 from .backends import registry
+from .errors import CleanDIFTError
 from .extractor import FeatureExtractor, resolve_device, resolve_dtype
-from .models.dift import DIFT_ENSEMBLE, DIFT_TIMESTEP
+from .protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
 
 
 def load_runner(path: str | Path, device: str | torch.device | None = None, provider=None):
@@ -78,6 +79,9 @@ def build_extractor(
     of a hub preset (or names that of a .safetensors file); ``resize_filter``: see
     ``imaging.RESIZE_FILTERS``."""
     if artifact is not None:
+        if base is not None:
+            raise CleanDIFTError("--base does not apply to an exported artifact: its weights are "
+                                 "baked in (re-export with --base)")  # fmt: skip
         return load_runtime(artifact, device=device, policy=policy, resize_filter=resize_filter)
     if not dift:
         return FeatureExtractor.from_pretrained(

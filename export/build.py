@@ -12,7 +12,8 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cleandift_rt import __version__
 from cleandift_rt.artifacts import ArtifactMetadata, TapOutput, weights_sha256, write_sidecar
 from cleandift_rt.backends import registry
 from cleandift_rt.dtypes import PRECISIONS, torch_dtype
+from cleandift_rt.errors import CleanDIFTError, one_line
 from cleandift_rt.extractor import resolve_device
 from cleandift_rt.models import INPUT_MULTIPLE, load_model
 
@@ -110,6 +112,17 @@ class ExportOptions:
         return shlex.join(args)
 
 
+@contextmanager
+def _one_line_errors(what: str) -> Iterator[None]:
+    """Any failure inside (an exporter, a runtime refusing the graph) → ExportError, one line."""
+    try:
+        yield
+    except CleanDIFTError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"{what}: {one_line(exc)}") from None
+
+
 def export_model(
     options: ExportOptions, log: Callable[[str], None] = print
 ) -> tuple[Path, ArtifactMetadata]:
@@ -167,15 +180,17 @@ def export_model(
     try:
         t = time.perf_counter()
         artifact = staging / meta.artifact
-        files = registry.resolve(spec.writer, __package__)(net, artifact, options, meta)
+        with _one_line_errors(f"writing the {options.format} artifact failed"):
+            files = registry.resolve(spec.writer, __package__)(net, artifact, options, meta)
         write_sidecar(artifact, meta)
         size = sum(f.stat().st_size for f in files) / 2**20
         stage(f"wrote {options.format} ({size:.1f} MiB)", t)
 
         if options.validate:
             t = time.perf_counter()
-            runtime = load_runtime(artifact, device=device)
-            outputs = runtime.extract_prepared(images, batch_size=options.batch_range[1]).maps
+            with _one_line_errors(f"the exported {options.format} artifact does not run"):
+                runtime = load_runtime(artifact, device=device)
+                outputs = runtime.extract_prepared(images, batch_size=options.batch_range[1]).maps
             meta.validation = compare(reference, outputs)
             bad = failures(meta.validation, options.precision)
             worst = min(r["cosine"] for r in meta.validation.values())

@@ -5,7 +5,6 @@ distillation and compute the reference's head function."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -193,10 +192,6 @@ def test_compvis_adapters_compute_the_reference_heads(compvis_full, initialised_
         torch.testing.assert_close(got.flatten(2).transpose(1, 2), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    "gelu" in inspect.getsource(__import__("training.heads").heads.MappingFeedForward.forward),
-    reason="training/heads.py still gates the mapping network with GELU (issue 14 item 3)",
-)
 def test_compvis_conditioner_computes_the_reference_mapping(compvis_full, initialised_student):
     _, _, _, heads = compvis_full
     student, _ = initialised_student

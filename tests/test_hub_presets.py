@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cleandift_rt import cli
-from cleandift_rt.errors import ModelError
+from cleandift_rt.errors import CleanDIFTError, ModelError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.prompt import STORED_EMBEDDING
 
@@ -227,6 +227,14 @@ def test_sd21_from_the_cache_records_the_commit_of_every_hub_file(
         (r, f, c) for (r, f), c in got.items()
     }
     assert json.loads(stdout)["hub_files"] == header
+    # and a feature store records them in store.json
+    store = tmp_path / "store"
+    args = ["extract", image, "--model", "sd21", "--taps", "us3", "--resolution", 64,
+            "--out", store, "--json"]  # fmt: skip
+    code, stdout, err = call_main(args, capsys)
+    assert code == 0, err
+    provenance = json.loads((store / "store.json").read_text())["provenance"]
+    assert provenance["hub_files"] == header
 
 
 def test_a_deleted_repo_is_still_served_from_the_cache(hub_cache, tiny_folder, monkeypatch):
@@ -394,3 +402,32 @@ def test_the_artifact_sidecar_records_the_hub_commits(hub_cache, tiny_folder, st
     assert json.loads(Path(f"{path}.json").read_text())["hub_files"] == expected
     assert load_runtime(path, device="cpu").hub_files == expected
     assert "--base" in meta.rebuild
+
+
+def test_base_with_an_artifact_is_refused(tmp_path):
+    from cleandift_rt.runtime import build_extractor
+
+    artifact = tmp_path / "a.onnx"
+    artifact.write_bytes(b"")
+    with pytest.raises(CleanDIFTError, match="does not apply to an exported artifact"):
+        build_extractor("tiny", artifact=str(artifact), base="tiny")
+
+
+def test_partial_caches_name_the_missing_piece(hub_cache, tiny_folder, tmp_path):
+    # the base is cached but CompVis' student file is not
+    add_to_hub_cache(hub_cache, MIRROR, COMMIT_SD21, tiny_folder)
+    with pytest.raises(ModelError) as info:
+        load_model("sd21")
+    message = str(info.value)
+    assert "CompVis/cleandift" in message and "--model cleandift_sd21_unet.safetensors" in message
+    # a snapshot without the VAE weights
+    partial = tmp_path / "partial"
+    for rel in ("model_index.json", "unet/config.json", "vae/config.json"):
+        (partial / rel).parent.mkdir(parents=True, exist_ok=True)
+        (partial / rel).write_bytes((tiny_folder / rel).read_bytes())
+    add_to_hub_cache(hub_cache, SD15, COMMIT_SD15, partial)
+    with pytest.raises(ModelError) as info:
+        load_model("sd15-base")
+    message = str(info.value)
+    assert f"{SD15}" in message and COMMIT_SD15 in message
+    assert "vae/diffusion_pytorch_model.safetensors" in message and "\n" not in message

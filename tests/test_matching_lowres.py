@@ -321,6 +321,20 @@ def test_real_photo_batch(photo_features):
 # --------------------------------------------------------------------------- dispatch
 
 
+def test_cosine_argmax_default_equals_the_naive_pipeline():
+    """The public entry point (backend "auto", the low-res method on the CPU) at the benchmark's
+    K = 256 and C = 640 (map 12² → 192², 16× upsampling): the naive upsample pipeline's argmax
+    and scores. Speed is measured in benchmarks/matcher.py, not here."""
+    gen = _gen(29)
+    t = torch.randn(640, 12, 12, generator=gen)
+    q = torch.randn(256, 640, generator=gen)
+    naive = naive_scores(q, t, (192, 192))
+    best, flat = naive.max(dim=1)
+    coords, scores = cosine_argmax(q, t, (192, 192))
+    ref = torch.stack([flat % 192, flat // 192], dim=1)
+    assert_agrees(coords, scores, ref, best, naive, 192)
+
+
 def test_dispatch_backends():
     gen = _gen(13)
     t = torch.randn(8, 6, 7, generator=gen)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from cleandift_rt import cli
 from cleandift_rt.extractor import FeatureExtractor
+from cleandift_rt.matching import match_points
 from cleandift_rt.store import (
     FeatureStore,
     StoreError,
@@ -144,6 +145,8 @@ def test_store_round_trip_equals_feature_extractor(dataset, store_fp32, fx):
                        feats.transforms + b.features().transforms, feats.strides)  # fmt: skip
     via_store = fx.match_features(pair, pts)
     np.testing.assert_allclose(via_store.target_points, direct.target_points)
+    m = match_points(a["us6"], b["us6"], pts, a.grid("us6"), b.grid("us6"))
+    np.testing.assert_allclose(m.target.numpy(), direct.target_points)
     # a torch Dataset of one tap
     data = store.dataset("us6", dtype=torch.float32)
     assert len(data) == 13 and data[2].shape == (64, RES // 16, RES // 16)

@@ -37,8 +37,8 @@ from cleandift_rt.console import run_console
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.checkpoint import save_student_checkpoint, save_unet_file
-from cleandift_rt.models.dift import DIFT_TIMESTEP
 from cleandift_rt.models.featurenet import INPUT_MULTIPLE
+from cleandift_rt.protocol import DIFT_TIMESTEP
 
 from . import ddp
 from .captions import CaptionEncoder, text_encoder_folder

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
-from ..dtypes import DTYPES
 from ..errors import one_line
-from .base import check_artifact_batch
+from .base import check_artifact_batch, describe_artifact
 
 MODEL_NAME = "model"  # AOTInductor's name of the (only) model in a package
 
@@ -120,14 +119,9 @@ class AOTIRunner:
                 f"cannot load AOTInductor package '{path}': {one_line(exc)}"
                 + (f"; rebuild: {meta.rebuild}" if meta.rebuild else "")
             ) from None
-        self.meta = meta
-        self.taps = tuple(t.name for t in meta.taps)
-        self.strides = {t.name: t.stride for t in meta.taps}
-        self.channels = {t.name: t.channels for t in meta.taps}
-        self.input_size = (meta.height, meta.width)
-        self.batch_range = tuple(meta.batch)
-        self.device = torch.device("cuda", index) if device.type == "cuda" else device
-        self.dtype = DTYPES[meta.precision]
+        describe_artifact(
+            self, meta, torch.device("cuda", index) if device.type == "cuda" else device
+        )
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 (B, H, W, 3), B in the artifact's batch range → {tap: (B, C, h, w)} of the

@@ -53,6 +53,19 @@ def check_batch(images: np.ndarray | torch.Tensor, input_size: tuple[int, int] |
         raise InputSizeError(f"input {h}x{w} is not a multiple of {INPUT_MULTIPLE} px")
 
 
+def describe_artifact(runner: object, meta, device: torch.device) -> None:
+    """Set the Runner attributes of an artifact's runner from its sidecar ``meta``: meta,
+    device, dtype (of the outputs), taps, strides, channels, input_size, batch_range."""
+    from ..dtypes import DTYPES
+
+    runner.meta, runner.device, runner.dtype = meta, device, DTYPES[meta.precision]
+    runner.taps = tuple(t.name for t in meta.taps)
+    runner.strides = {t.name: t.stride for t in meta.taps}
+    runner.channels = {t.name: t.channels for t in meta.taps}
+    runner.input_size = (meta.height, meta.width)
+    runner.batch_range = tuple(meta.batch)
+
+
 def check_artifact_batch(images: np.ndarray | torch.Tensor, meta) -> None:
     """check_batch for an artifact: its fixed input size and exported batch range (the error
     names the command that rebuilds it)."""

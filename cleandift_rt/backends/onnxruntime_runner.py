@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
-from ..dtypes import DTYPES
 from ..errors import CleanDIFTError, one_line
-from .base import check_artifact_batch
+from .base import check_artifact_batch, describe_artifact
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -55,14 +54,7 @@ class OnnxRuntimeRunner:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # corrupt / truncated graph, missing external data
             raise ArtifactError(f"cannot load ONNX artifact '{path}': {one_line(exc)}") from None
-        self.meta = meta
-        self.taps = tuple(t.name for t in meta.taps)
-        self.strides = {t.name: t.stride for t in meta.taps}
-        self.channels = {t.name: t.channels for t in meta.taps}
-        self.input_size = (meta.height, meta.width)
-        self.batch_range = tuple(meta.batch)
-        self.device = device
-        self.dtype = DTYPES[meta.precision]
+        describe_artifact(self, meta, device)
         self.provider = provider
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import click
 
 from ..backends import registry
 from ..errors import CleanDIFTError
-from ..models.dift import DIFT_TIMESTEP
+from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
 from .common import check_suffix, command_line, emit, export_api, int_list, write_report
 
 
@@ -52,7 +52,7 @@ from .common import check_suffix, command_line, emit, export_api, int_list, writ
     help="Time the DIFT baseline (fp32 eager, batch 1) in the same run.",
 )
 @click.option("--dift-t", type=click.IntRange(0, 999), default=DIFT_TIMESTEP, show_default=True)
-@click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--dift-ensemble", type=click.IntRange(1), default=DIFT_ENSEMBLE, show_default=True)
 @click.option(
     "--matcher/--no-matcher",
     default=True,

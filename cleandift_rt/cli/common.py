@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
 
 POLICY = click.Choice(["square", "fit"])
@@ -55,7 +56,7 @@ def model_options(taps_option: bool):
             ),
             click.option(
                 "--dtype",
-                type=click.Choice(["fp32", "fp16", "bf16"]),
+                type=click.Choice(PRECISIONS),
                 default=None,
                 help="Default: fp16 on CUDA, fp32 on CPU.",
             ),
@@ -90,27 +91,6 @@ def model_options(taps_option: bool):
         return fn
 
     return wrap
-
-
-def open_extractor(
-    model, base, resolution, policy, device, dtype, timestep, taps, artifact=None, **dift_args
-):
-    """The extractor a command runs: an exported ``artifact``, else ``model`` (CleanDIFT's
-    single pass, or its DIFT baseline with ``dift=True, t=, ensemble=``); see build_extractor."""
-    from ..runtime import build_extractor
-
-    return build_extractor(
-        model,
-        taps,
-        artifact=artifact,
-        device=device,
-        dtype=dtype,
-        resolution=resolution,
-        policy=policy,
-        base=base,
-        timestep=timestep,
-        **dift_args,
-    )
 
 
 def export_api():

@@ -5,14 +5,13 @@ from __future__ import annotations
 import click
 
 from ..errors import CleanDIFTError
-from ..models.dift import DIFT_TIMESTEP
+from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
 from .common import (
     RESIZE_FILTER,
     check_suffix,
     emit,
     float_list,
     model_options,
-    open_extractor,
     tap_to_use,
     write_report,
 )
@@ -37,7 +36,9 @@ def eval_options(fn):
         click.option(
             "--dift-t", type=click.IntRange(0, 999), default=DIFT_TIMESTEP, show_default=True
         ),
-        click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True),
+        click.option(
+            "--dift-ensemble", type=click.IntRange(1), default=DIFT_ENSEMBLE, show_default=True
+        ),
         click.option(
             "--out",
             default=None,
@@ -70,9 +71,12 @@ def _eval_predictor(
 
     if artifact is not None and dift:
         raise CleanDIFTError("--artifact and --dift exclude each other")
-    fx = open_extractor(
-        model, base, resolution, policy, device, dtype, timestep, [taps], artifact=artifact,
-        dift=dift, t=dift_t, ensemble=dift_ensemble, resize_filter=resize_filter,
+    from ..runtime import build_extractor
+
+    fx = build_extractor(
+        model, [taps], artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
+        resolution=resolution, policy=policy, device=device, dtype=dtype, timestep=timestep,
+        resize_filter=resize_filter,
     )  # fmt: skip
     return fx, ExtractorPredictor(fx, tap_to_use(fx, taps))
 

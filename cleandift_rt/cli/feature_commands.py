@@ -9,16 +9,10 @@ from pathlib import Path
 
 import click
 
+from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
 from ..store.cli import is_store_path, run_store_extract, store_options
-from .common import (
-    check_points_inside,
-    command_line,
-    emit,
-    model_options,
-    open_extractor,
-    parse_points,
-)
+from .common import check_points_inside, command_line, emit, model_options, parse_points
 
 
 @click.command()
@@ -142,9 +136,12 @@ def extract(
         if not Path(image).is_file():
             raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
     start = time.perf_counter()
-    fx = open_extractor(
-        model, base, resolution, policy, device, dtype, timestep, taps, store_args["artifact"]
-    )
+    from ..runtime import build_extractor
+
+    fx = build_extractor(
+        model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
+        timestep=timestep, artifact=store_args["artifact"],
+    )  # fmt: skip
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
     meta = {
         "model": fx.model_name,
@@ -222,7 +219,12 @@ def match(
 
         pts = grid_points(src.shape[:2], grid).tolist()
     check_points_inside(pts, src.shape[:2])
-    fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
+    from ..runtime import build_extractor
+
+    fx = build_extractor(
+        model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
+        timestep=timestep,
+    )  # fmt: skip
     result = fx.match(src, tgt, pts)
     payload = {"source": source, "target": target, "model": fx.model_name, **result.to_dict()}
     if out is not None:
@@ -252,7 +254,7 @@ def match(
 )
 @click.option("--resolution", type=int, default=None)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
+@click.option("--dtype", type=click.Choice(PRECISIONS), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
@@ -260,7 +262,9 @@ def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
     from ..imaging import load_image
 
     photo = load_image(image) if image is not None else None
-    fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
+    from ..runtime import build_extractor
+
+    fx = build_extractor(model, taps, resolution=resolution, device=device, dtype=dtype)
     report = run_demo(fx, out_dir, photo)
     lines = [
         f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
-from .common import emit, model_options, open_extractor, parse_points, tap_to_use
+from .common import emit, model_options, parse_points, tap_to_use
 
 
 @click.command()
@@ -78,11 +78,14 @@ def track(
         check_output_path(out, (".mp4", ".avi", ".mov", ".mkv"), "--out video")
     if tracks is not None:
         check_output_path(tracks, (".jsonl", ".json", ".ndjson"), "--tracks")
+    from ..runtime import build_extractor
+
     src = open_source(source)  # fail on a bad source before loading a model
     try:
-        fx = open_extractor(
-            model, base, resolution, policy, device, dtype, timestep, taps, artifact=artifact
-        )
+        fx = build_extractor(
+            model, taps, artifact=artifact, base=base, resolution=resolution, policy=policy,
+            device=device, dtype=dtype, timestep=timestep,
+        )  # fmt: skip
         tracker = Tracker(
             fx, pts, grid=grid, reference=reference, tap=tap_to_use(fx, taps), mode=mode,
             update_rate=update_rate, min_score=min_score, mutual=not no_mutual, radius=radius,

@@ -377,23 +377,10 @@ def cosine_argmax_lowres(
     per pixel and per run slot), a query chunk's dots (at most 16 MB) and a 10 MB block with a
     few smaller temporaries, independent of ``C`` and ``K``.
 
-    Args:
-        queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target. Any floating
-            dtype (fp16/bf16 are computed in fp32) and any strides.
-        target: ``(C, h, w)`` feature map, or a batch ``(B, C, h, w)``.
-        out_size: ``(H, W)``: match on the ``F.interpolate`` grid of that size.
-        grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``). With neither,
-            the feature grid itself (``(h, w)``, no upsampling) is searched.
-        block: output rows per streamed block; default keeps each ``K_chunk × rows × W`` block
-            tensor under 10 MB of float32 (queries are chunked too when ``K·W`` alone exceeds it).
-
-    Returns:
-        ``coords`` ``(K, 2)`` int64 ``(x, y)`` in the output grid and ``scores`` ``(K,)`` float32
-        cosine similarities (``(B, K, 2)`` and ``(B, K)`` when batched), on ``target.device``.
-        Ties go to the lowest flat index ``y * W + x``; zero target pixels score 0.
-
-    Raises:
-        MatchError: bad shapes or dtypes, mismatched channels, NaN/Inf inputs, bad arguments.
+    Arguments, results (``coords`` int64 ``(x, y)``, ``scores`` float32), ties and errors as
+    :func:`.reference.cosine_argmax_reference`, plus ``block``: output rows per streamed block
+    (default: each ``K_chunk × rows × W`` block tensor under 10 MB of float32; queries are
+    chunked too when ``K·W`` alone exceeds it).
     """
     check_positive_int(block, "block")
 

@@ -364,21 +364,9 @@ def cosine_argmax_triton(
     Triton's interpreter (slow: tests only). Extra memory: ``K × h·w`` dots, ``H × W`` inverse
     norms and ``(ranges, K)`` partial results; never a ``K × H·W`` matrix.
 
-    Args:
-        queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target.
-        target: ``(C, h, w)`` feature map, or a batch ``(B, C, h, w)``.
-        out_size: ``(H, W)``: match on the ``F.interpolate`` grid of that size.
-        grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``).
-        row_ranges: number of ranges of output rows searched by separate programs (default:
-            enough to fill the GPU; 1 in the interpreter).
-
-    Returns:
-        ``coords`` ``(K, 2)`` int64 ``(x, y)`` and ``scores`` ``(K,)`` float32 (``(B, K, 2)`` and
-        ``(B, K)`` when batched), on ``target.device``.
-
-    Raises:
-        MatchError: triton missing, bad inputs (as the reference), or an output grid of more
-            than ``2**31 - 1`` pixels.
+    ``row_ranges``: number of ranges of output rows searched by separate programs (default:
+    enough to fill the GPU; 1 in the interpreter). Raises MatchError also when triton is missing
+    or the output grid has more than ``2**31 - 1`` pixels.
     """
     if not _import_triton():
         raise MatchError(f"the Triton matcher needs the 'triton' package ({_IMPORT_ERROR})")

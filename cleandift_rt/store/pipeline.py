@@ -123,7 +123,7 @@ def _provenance(fx) -> dict[str, Any]:
     import json
 
     out: dict[str, Any] = {"description": getattr(fx, "description", "")}
-    for name in ("hub_commits", "provenance", "sources", "metadata"):
+    for name in ("hub_files", "hub_commits", "provenance", "sources", "metadata"):
         value = getattr(fx, name, None)
         if value:
             try:
@@ -139,7 +139,7 @@ def _provenance(fx) -> dict[str, Any]:
 
 def extractor_settings(fx, storage: str, command: str = "") -> dict[str, Any]:
     """``store.json`` for a store written by extractor ``fx`` in ``storage`` dtype."""
-    from ..extractor import DTYPE_NAMES
+    from ..dtypes import DTYPE_NAMES
 
     if storage not in STORAGE_DTYPES:
         raise StoreError(f"unknown --storage '{storage}' (use {', '.join(STORAGE_DTYPES)})")
@@ -276,11 +276,11 @@ def extract_local(
     size = tuple(settings["input_size"])
     bar = tqdm(total=len(todo), desc="extract", unit="img", disable=not options.progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    ahead = max(2, 2 * options.workers) * max(1, run.batch_size)
+    decoded = iter_decoded(todo, size, fx.policy, options.workers, ahead, options.min_side)
     try:
         with sigterm_as_interrupt():
-            ahead = max(2, 2 * options.workers) * max(1, run.batch_size)
             batch: list[DecodedItem] = []
-            decoded = iter_decoded(todo, size, fx.policy, options.workers, ahead, options.min_side)
             for d in decoded:
                 if d.reason is not None:  # the index lists images in source order
                     if batch:
@@ -300,6 +300,7 @@ def extract_local(
                 bar.update(len(batch))
             writer.finish()
     finally:
+        decoded.close()  # stops the decoders (queued jobs cancelled) on any exit
         bar.close()
         writer.close()
     return _summary(writer, out, start, len(items) - len(todo))
