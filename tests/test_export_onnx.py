@@ -17,6 +17,8 @@ from cleandift_rt.models import load_model
 from cleandift_rt.runtime import load_runtime
 from export import ExportError, ExportOptions, export_model
 
+pytestmark = pytest.mark.slow  # two ONNX exports of the tiny model (fp32, fp16) and validations
+
 TAPS = ("us6", "mid")
 SIZE = 128
 
