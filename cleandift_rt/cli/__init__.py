@@ -4,7 +4,7 @@ Every command takes ``--json`` for machine-readable output, exits 0 on success a
 ``error: ...`` line (no traceback, no partial output file) on bad input. Commands live in
 modules by area (``feature_commands``: info, extract, match, demo; ``eval_commands``: eval
 spair / homography; one module each for export, bench, track, serve); heavy imports happen
-inside them, so ``cleandift-rt --help`` starts without torch.
+inside them, so ``cleandift-rt --help`` starts fast.
 """
 
 from __future__ import annotations
