@@ -24,13 +24,15 @@ from pathlib import Path
 import torch
 
 from cleandift_rt.bench import latency_stats, machine_info, random_images, time_runs
+from cleandift_rt.files import write_json
 
 EXPORTED = {"onnx": "onnx", "aoti": "aoti", "trt": "engine"}
 
 
 def make_runner(backend: str, precision: str, args, res: int, batch: int, workdir: Path):
     """The runner for one backend: torch eager, or an artifact exported for this shape."""
-    from cleandift_rt.extractor import DTYPES, resolve_device
+    from cleandift_rt.dtypes import DTYPES
+    from cleandift_rt.extractor import resolve_device
     from cleandift_rt.models import load_model
 
     device = resolve_device(args.device)
@@ -136,7 +138,7 @@ def main() -> None:
                 f"{r['peak_rss_mib']:12.0f}"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

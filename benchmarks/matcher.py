@@ -5,9 +5,11 @@ All methods run side by side in one process on the same inputs (random ``(C, h, 
 
 * ``naive``: ``F.interpolate`` the whole map, ``F.normalize`` pixels and queries, matmul, argmax;
   skipped (and recorded) when its tensors would exceed 60 % of free RAM / GPU memory;
-* ``reference``: :func:`cleandift_rt.matching.cosine_argmax` (banded, exact);
+* ``reference``: :func:`cleandift_rt.matching.cosine_argmax_reference` (banded, exact);
 * ``lowres``: :func:`cleandift_rt.matching.lowres.cosine_argmax_lowres`;
-* ``triton``: :func:`cleandift_rt.matching.triton_argmax.cosine_argmax_triton` (CUDA only).
+* ``triton``: :func:`cleandift_rt.matching.triton_argmax.cosine_argmax_triton` (CUDA only);
+* ``auto``: :func:`cleandift_rt.matching.cosine_argmax`, the public entry point (``backend="auto"``:
+  Triton on CUDA, else low-res) — what users get.
 
 Time: median over repeats after one warm-up run (``perf_counter`` on CPU, CUDA events on GPU).
 Peak extra memory of one run (separate from the timed runs): on GPU
@@ -15,7 +17,7 @@ Peak extra memory of one run (separate from the timed runs): on GPU
 tensor bytes from the profiler's allocation events (``CpuMemory``).
 Methods whose estimated run time exceeds ``--max-seconds`` are skipped and recorded.
 
-    python benchmarks/matcher.py --quick --json benchmarks/matcher_cpu.json
+    python benchmarks/matcher.py --quick --json benchmarks/results/matcher_cpu.json
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cleandift_rt.dtypes import DTYPES, PRECISIONS
+from cleandift_rt.files import write_json
+from cleandift_rt.matching import cosine_argmax
 from cleandift_rt.matching.lowres import cosine_argmax_lowres
-from cleandift_rt.matching.reference import cosine_argmax
+from cleandift_rt.matching.reference import cosine_argmax_reference
 from cleandift_rt.matching.triton_argmax import cosine_argmax_triton, triton_available
 
 FULL = {"k": (1, 256, 4096), "maps": (24, 48, 96), "channels": (320, 640, 1280)}
 QUICK = {"k": (1, 256, 4096), "maps": (48,), "channels": (320, 1280)}
-METHODS = ("naive", "reference", "lowres", "triton")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+METHODS = ("naive", "reference", "lowres", "triton", "auto")
 GB = 1024**3
 MB = 1024**2
 
@@ -200,9 +204,10 @@ def bench_config(k: int, side: int, c: int, args: argparse.Namespace, rate: floa
     big_flops = 2.0 * k * c * args.out**2  # the full-resolution score GEMM
     runners: dict[str, tuple[Callable[[], Any], float]] = {
         "naive": (lambda: naive_argmax(queries, target, out), big_flops),
-        "reference": (lambda: cosine_argmax(queries, target, out), big_flops),
+        "reference": (lambda: cosine_argmax_reference(queries, target, out), big_flops),
         "lowres": (lambda: cosine_argmax_lowres(queries, target, out), 2.0 * k * c * side**2),
         "triton": (lambda: cosine_argmax_triton(queries, target, out), 2.0 * k * c * side**2),
+        "auto": (lambda: cosine_argmax(queries, target, out), 2.0 * k * c * side**2),
     }
     rows, results = [], {}
     for method in args.methods:
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=int, default=768, help="output side H = W (default 768)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=PRECISIONS, default="fp32")
     p.add_argument("--max-seconds", type=float, default=30.0, help="skip longer naive/ref runs")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed repeats")
     p.add_argument("--max-reps", type=int, default=20)
@@ -325,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "results": rows,
         }
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        write_json(args.json, record)
     return 0
 
 

@@ -9,9 +9,9 @@ extractor runs. Stages (ms, p50/p90/p99): capture (buffer wait + resize), upload
 device), extract (FeatureNet), match (one argmax call for all points + cycle check), total.
 
     python benchmarks/tracking.py --model tiny --resolution 512 --frames 8 --threads 1 \\
-        --json benchmarks/tracking_cpu_tiny.json                     # CPU here
+        --json benchmarks/results/tracking_cpu_tiny.json                     # CPU here
     python benchmarks/tracking.py --model random:sd21 --resolution 512 --dtype fp16 \\
-        --frames 300 --source-fps 240 --json benchmarks/tracking_h200_sd21.json   # on a GPU
+        --frames 300 --source-fps 240 --json benchmarks/results/tracking_h200_sd21.json   # on a GPU
     python benchmarks/tracking.py --artifact artifacts/sd21-us6-512.engine ...   # any backend
 
 Target (issue 7, H200-class GPU, SD 2.1 architecture, 512², 256 points): >= 100 FPS end to
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from cleandift_rt import FeatureExtractor
-from cleandift_rt.demo import grid_points
+from cleandift_rt.files import write_json
+from cleandift_rt.geometry import grid_points
 from cleandift_rt.tracking import Tracker
 from cleandift_rt.tracking.sources import IterableSource
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        write_json(args.json, result)
     return result
 
 

@@ -4,7 +4,7 @@ A 128² window of scikit-image's astronaut (224², never in the toy training pho
 (0, 0), (4, 0), (8, 4), … (24, 12) px over 7 frames; a 4 × 4 grid (20 % margin) is tracked in
 anchor mode with full search; errors against the known motion over all (frame, point) pairs.
 
-    python benchmarks/tracking_accuracy.py --json benchmarks/tracking_accuracy_cpu.json
+    python benchmarks/tracking_accuracy.py --json benchmarks/results/tracking_accuracy_cpu.json
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from cleandift_rt.demo import grid_points
 from cleandift_rt.extractor import FeatureExtractor
+from cleandift_rt.files import write_json
+from cleandift_rt.geometry import grid_points
 from cleandift_rt.tracking import Tracker
 
 SIZE = 128
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "command": "python benchmarks/tracking_accuracy.py " + " ".join(argv or sys.argv[1:])
         }
-        Path(args.json).write_text(json.dumps(record | {"rows": rows}, indent=2) + "\n")
+        write_json(args.json, record | {"rows": rows})
     return 0
 
 

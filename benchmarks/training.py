@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -29,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cleandift_rt.models import load_model  # noqa: E402
+from cleandift_rt.files import write_json  # noqa: E402
+from cleandift_rt.models import DIFT_TIMESTEP, load_model  # noqa: E402
 from training.distill import DISTILLED_TAPS, TEACHERS  # noqa: E402
 from training.metrics import peak_memory_bytes  # noqa: E402
 from training.objective import (  # noqa: E402
@@ -74,7 +74,7 @@ def count_step_flops(args, loaded) -> dict[str, int]:
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(loaded.unet.config)
         vae = AutoencoderKL.from_config(loaded.vae.config)
-        student = Student(copy.deepcopy(unet), args.taps, 261.0)
+        student = Student(copy.deepcopy(unet), args.taps, float(DIFT_TIMESTEP))
         teacher = Teacher(vae, unet, args.taps)
         images = torch.zeros(b, r, r, 3, dtype=torch.uint8)
         context = torch.zeros(loaded.context.shape)
@@ -98,7 +98,9 @@ def count_step_flops(args, loaded) -> dict[str, int]:
 def run_variant(args, loaded, precision: str, compiled: bool, device: torch.device) -> dict:
     """Build teacher + student, warm up, time steps; returns the measured record."""
     torch.manual_seed(0)
-    student = Student(copy.deepcopy(loaded.unet), args.taps, 261.0).to(device).train()
+    student = (
+        Student(copy.deepcopy(loaded.unet), args.taps, float(DIFT_TIMESTEP)).to(device).train()
+    )
     student.requires_grad_(True)
     teacher = Teacher(loaded.vae, loaded.unet, args.taps).to(device)
     if args.grad_checkpointing:
@@ -214,7 +216,7 @@ def main() -> None:
         "results": [],
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        write_json(args.out, payload)
     for precision, compiled in [] if args.flops_only else variants:
         rec = run_variant(args, loaded, precision, compiled, device)
         rec["achieved_tflops"] = step_flops / rec["step_s_median"] / 1e12
@@ -229,7 +231,7 @@ def main() -> None:
             flush=True,
         )
         if args.out:  # after every variant: a long compile that times out loses nothing
-            Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+            write_json(args.out, payload)
 
 
 if __name__ == "__main__":

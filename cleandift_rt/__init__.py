@@ -25,8 +25,15 @@ _EXPORTS = {
     "prepare_image": "imaging",
     "PixelGrid": "matching",
     "cosine_argmax": "matching",
-    "cosine_argmax_fast": "matching",
+    "cosine_argmax_reference": "matching",
     "sample_descriptors": "matching",
+    "match_points": "matching",
+    "mutual_nearest": "matching",
+    "ratio_test": "matching",
+    "top_k": "matching",
+    "dense_matches": "matching",
+    "load_runtime": "runtime",
+    "build_extractor": "runtime",
     "load_model": "models",
     "Tracker": "tracking",
 }
@@ -39,20 +46,38 @@ __all__ = [
     "MatchResult",
     "PixelGrid",
     "Tracker",
+    "build_extractor",
     "cosine_argmax",
-    "cosine_argmax_fast",
+    "cosine_argmax_reference",
+    "dense_matches",
     "load_image",
     "load_model",
+    "load_runtime",
+    "match_points",
+    "mutual_nearest",
     "prepare_image",
+    "ratio_test",
     "sample_descriptors",
+    "top_k",
 ]
 
 if TYPE_CHECKING:
     from .errors import CleanDIFTError
     from .extractor import FeatureExtractor, Features, MatchResult
     from .imaging import ImageTransform, load_image, prepare_image
-    from .matching import PixelGrid, cosine_argmax, cosine_argmax_fast, sample_descriptors
+    from .matching import (
+        PixelGrid,
+        cosine_argmax,
+        cosine_argmax_reference,
+        dense_matches,
+        match_points,
+        mutual_nearest,
+        ratio_test,
+        sample_descriptors,
+        top_k,
+    )
     from .models import load_model
+    from .runtime import build_extractor, load_runtime
     from .store import FeatureStore
     from .tracking import Tracker
 

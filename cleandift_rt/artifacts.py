@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .backends import registry
 from .errors import CleanDIFTError, one_line
+from .files import write_text
 
 FORMAT_VERSION = 1
-FORMATS = ("onnx", "engine", "aoti")
 INPUT_NAME = "images"
 
 
@@ -44,6 +43,8 @@ class ArtifactMetadata:
     """Everything a loader needs to know about an exported FeatureNet.
 
     height/width: the fixed input size (px); batch: (min, max) batch size the artifact takes.
+    hub_files: {repo, file, commit} of every Hugging Face Hub file the weights came from
+    (commit: the resolved 40-hex revision sha), so a result names the exact weights.
     """
 
     format: str
@@ -61,6 +62,7 @@ class ArtifactMetadata:
     build: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     rebuild: str = ""  # the command that rebuilds this artifact
+    hub_files: list[dict[str, str]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     input_name: str = INPUT_NAME
     input_layout: str = "NHWC"
@@ -93,11 +95,7 @@ def sidecar_path(artifact: str | Path) -> Path:
 
 def write_sidecar(artifact: str | Path, meta: ArtifactMetadata) -> Path:
     """Write ``<artifact>.json`` atomically."""
-    path = sidecar_path(artifact)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.write_text(meta.to_json())
-    os.replace(tmp, path)
-    return path
+    return write_text(sidecar_path(artifact), meta.to_json())
 
 
 def read_sidecar(artifact: str | Path) -> ArtifactMetadata:
@@ -115,7 +113,7 @@ def read_sidecar(artifact: str | Path) -> ArtifactMetadata:
         meta = ArtifactMetadata.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"bad metadata sidecar '{path}': {one_line(exc)}") from None
-    if meta.format not in FORMATS:
+    if meta.format not in registry.names(exportable=True):
         raise ArtifactError(f"'{path}': unknown artifact format '{meta.format}'")
     if meta.artifact != artifact.name:
         raise ArtifactError(

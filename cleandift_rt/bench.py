@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,13 +33,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .backends import registry
+from .dtypes import DTYPE_NAMES, DTYPES, PRECISIONS
 from .errors import CleanDIFTError
-from .extractor import DTYPE_NAMES, DTYPES, resolve_device
+from .extractor import resolve_device
 from .models.featurenet import INPUT_MULTIPLE
+from .protocol import DIFT_TIMESTEP
 
 SCHEMA = "cleandift-rt.bench/1"
-BACKENDS = ("torch", "onnx", "aoti", "trt")  # trt = a TensorRT engine
-PRECISIONS = ("fp32", "fp16", "bf16")
 MAX_RUNS = 1000
 
 #: build_artifact(backend, precision, resolution, batch) → path of an exported artifact
@@ -64,7 +63,7 @@ class BenchSettings:
     reps: int = 5
     min_time: float = 2.0
     dift: bool = True
-    dift_t: int = 261
+    dift_t: int = DIFT_TIMESTEP
     dift_ensemble: int = 8
     matcher: bool = True
     matcher_points: int = 1024
@@ -78,12 +77,13 @@ class BenchSettings:
         for name in self.backends:
             backend, _, precision = name.partition("-")
             precision = precision or ("fp16" if device.type == "cuda" else "fp32")
-            if backend not in BACKENDS or precision not in PRECISIONS:
+            spec = registry.get(backend)  # one line naming the nearest on a typo
+            if precision not in PRECISIONS:
                 raise CleanDIFTError(
-                    f"unknown backend '{name}': use BACKEND[-PRECISION] with backend "
-                    f"{'/'.join(BACKENDS)} and precision {'/'.join(PRECISIONS)}"
+                    f"unknown precision in '{name}': use BACKEND[-PRECISION] with precision "
+                    f"{'/'.join(PRECISIONS)}"
                 )
-            out.append((backend, precision))
+            out.append((spec.name, precision))
         return out
 
     def check(self) -> None:
@@ -448,15 +448,15 @@ def run_bench(
 
 
 def _match_once(queries: torch.Tensor, out_size: tuple[int, int], target: torch.Tensor):
-    from .matching import cosine_argmax_fast
+    from .matching import cosine_argmax
 
-    return cosine_argmax_fast(queries, target, out_size)
+    return cosine_argmax(queries, target, out_size)
 
 
 def time_matcher(loaded, settings: BenchSettings, device: torch.device) -> list[dict]:
-    """Time ``cosine_argmax_fast`` per resolution: K random queries against a random map of the
+    """Time ``cosine_argmax`` per resolution: K random queries against a random map of the
     first tap's (C, res/stride, res/stride), matched on the res × res pixel grid."""
-    from .matching.dispatch import select_backend
+    from .matching.argmax import select_backend
 
     spec = loaded.feature_net(settings.taps).unet.specs[0]
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -537,21 +537,6 @@ def format_table(report: BenchReport) -> str:
                 f"{m['p90_ms']:.2f} ms p90"
             )
     return "\n".join(lines)
-
-
-def write_json(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` as JSON atomically (temporary file, then rename)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
 
 
 PLOT_COLORS = [

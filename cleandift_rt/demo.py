@@ -12,59 +12,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import CleanDIFTError
 from .extractor import FeatureExtractor, MatchResult
+from .geometry import apply_homography, grid_points, known_homography
 from .viz import draw_correspondences, feature_panel, save_png
 
 RANDOM_WEIGHT_MODELS = {"tiny"}
 
 
 def demo_image(name: str = "astronaut") -> np.ndarray:
-    """A bundled scikit-image photo, uint8 (H, W, 3) RGB."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise CleanDIFTError(
-            "the demo photos come with scikit-image: pip install scikit-image, or pass --image"
-        ) from None
-    if not hasattr(data, name):
-        raise CleanDIFTError(f"scikit-image has no photo '{name}'")
-    image = getattr(data, name)()
-    return np.ascontiguousarray(np.dstack([image] * 3) if image.ndim == 2 else image[..., :3])
+    """A sample photo (bundled, or scikit-image's; see ``photos``), uint8 (H, W, 3) RGB."""
+    from .photos import sample_photo
 
-
-def known_homography(
-    size: tuple[int, int],
-    angle_deg: float = 8.0,
-    scale: float = 0.9,
-    shift: tuple[float, float] = (12.0, -8.0),
-    tilt: float = 1e-4,
-) -> np.ndarray:
-    """A 3×3 homography on pixel coordinates (x, y): rotation and scale about the image centre,
-    a shift and a mild perspective tilt."""
-    h, w = size
-    c = np.array([(w - 1) / 2, (h - 1) / 2])
-    a = np.deg2rad(angle_deg)
-    rot = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    m = np.eye(3)
-    m[:2, :2] = rot
-    m[:2, 2] = c + np.asarray(shift) - rot @ c
-    m[2, :2] = (tilt, -tilt / 2)
-    return m / m[2, 2]
-
-
-def apply_homography(m: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(N, 2) pixel points (x, y) → (N, 2) under the 3×3 homography ``m``."""
-    p = np.c_[points, np.ones(len(points))] @ m.T
-    return p[:, :2] / p[:, 2:3]
-
-
-def grid_points(size: tuple[int, int], n: int, margin: float = 0.0) -> np.ndarray:
-    """n×n points at cell centres of an (H, W) image, inset by ``margin`` × size; (n², 2)."""
-    h, w = size
-    fx = margin + (1 - 2 * margin) * (np.arange(n) + 0.5) / n
-    xs, ys = np.meshgrid(fx * w - 0.5, fx * h - 0.5)
-    return np.c_[xs.ravel(), ys.ravel()]
+    return sample_photo(name)
 
 
 @dataclass

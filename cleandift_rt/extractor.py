@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,16 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import Runner, TorchRunner
-from .errors import CleanDIFTError, MatchError
+from .dtypes import torch_dtype
+from .errors import CleanDIFTError, ImageError, MatchError, TapError
 from .imaging import ImageTransform, PreparedImage, pad_to, prepare_image
-from .matching import PixelGrid, cosine_argmax_fast, sample_descriptors
-
-DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+from .matching import PixelGrid, cosine_argmax, sample_descriptors
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -40,11 +34,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     """None → fp16 on CUDA, fp32 elsewhere; names fp32/fp16/bf16 (and long forms)."""
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype).lower() not in DTYPES:
-        raise CleanDIFTError(f"unknown dtype '{dtype}' (use fp32, fp16 or bf16)")
-    return DTYPES[str(dtype).lower()]
+    return torch_dtype(dtype)
 
 
 def as_image_list(images: Any) -> list[Any]:
@@ -55,6 +45,34 @@ def as_image_list(images: Any) -> list[Any]:
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
+
+
+def pad_batch(batch: np.ndarray | torch.Tensor, size: int) -> np.ndarray | torch.Tensor:
+    """(n, H, W, 3) → (size, H, W, 3): filled with copies of the last image (size >= n)."""
+    extra = size - len(batch)
+    if isinstance(batch, torch.Tensor):
+        return torch.cat([batch, batch[-1:].expand(extra, *batch.shape[1:])])
+    return np.concatenate([batch, np.repeat(batch[-1:], extra, axis=0)])
+
+
+def point_array(points: Any) -> np.ndarray:
+    """Points as an (N, 2) float64 array (x, y); MatchError (one line) for anything else."""
+    if isinstance(points, (str, bytes)):
+        raise MatchError(
+            f"points must be (N, 2) numbers (x, y), e.g. [(120, 80)], not the string "
+            f"{points!r} (the CLI's --points 'x,y;x,y' syntax)"
+        )
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MatchError(
+            f"points must be (N, 2) numbers (x, y), got {type(points).__name__}"
+        ) from None
+    if pts.size == 0:
+        raise MatchError("no points to match")
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise MatchError(f"points must be (N, 2) pixel coordinates (x, y), got {pts.shape}")
+    return pts
 
 
 @dataclass
@@ -70,10 +88,37 @@ class Features:
     strides: dict[str, int]
 
     def __getitem__(self, tap: str) -> torch.Tensor:
+        if tap not in self.maps:
+            raise TapError(f"tap '{tap}' was not extracted (have: {', '.join(self.maps)})")
         return self.maps[tap]
 
     def __len__(self) -> int:
+        """The number of images (not of taps: iterate or use ``keys()`` for those)."""
         return len(self.transforms)
+
+    def __iter__(self) -> Iterator[str]:
+        """The tap names, like a mapping's keys."""
+        return iter(self.maps)
+
+    def __contains__(self, tap: object) -> bool:
+        return tap in self.maps
+
+    def keys(self) -> KeysView[str]:
+        return self.maps.keys()
+
+    def values(self) -> ValuesView[torch.Tensor]:
+        return self.maps.values()
+
+    def items(self) -> ItemsView[str, torch.Tensor]:
+        return self.maps.items()
+
+    def __repr__(self) -> str:
+        maps = ", ".join(
+            f"{t}: ({', '.join(map(str, m.shape))}) {str(m.dtype).removeprefix('torch.')}"
+            for t, m in self.maps.items()
+        )
+        device = next(iter(self.maps.values())).device if self.maps else "-"
+        return f"Features({len(self)} image(s) on {device}; {maps})"
 
     def grid(self, index: int, tap: str) -> PixelGrid:
         """The grid of image ``index``'s ORIGINAL pixels over the feature cells of ``tap``."""
@@ -113,6 +158,11 @@ class FeatureExtractor:
         resolution: network input size for runners without a fixed one (square side for
             policy "square", longer side for "fit").
         policy: "square" (DIFT's resize, aspect not kept) or "fit" (keep aspect, pad).
+        resize_filter: "area" (OpenCV area when shrinking, cubic when enlarging) or
+            "bicubic-pil" (PIL's bicubic, as DIFT resizes); see ``imaging.RESIZE_FILTERS``.
+        hub_files: {repo, file, commit} of the hub files the weights came from.
+        prompt_encoder: prompt → context (1, L, D); enables ``set_prompt`` on runners whose
+            network holds its context (the PyTorch ones).
     """
 
     def __init__(
@@ -123,7 +173,12 @@ class FeatureExtractor:
         policy: str = "square",
         model_name: str = "",
         description: str = "",
+        resize_filter: str = "area",
+        hub_files: Sequence[dict[str, str]] = (),
+        prompt_encoder: Any = None,
     ):
+        from .imaging import check_resize_filter
+
         self.runner = runner
         self.size = runner.input_size or resolution
         if self.size is None:
@@ -131,6 +186,11 @@ class FeatureExtractor:
         self.policy = policy
         self.model_name = model_name
         self.description = description
+        self.resize_filter = check_resize_filter(resize_filter)
+        self.hub_files = [dict(f) for f in hub_files]
+        self.prompt_encoder = prompt_encoder
+        self.prompt = ""
+        self._contexts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(
@@ -147,28 +207,69 @@ class FeatureExtractor:
         timestep: float | None = None,
         prompt: str = "",
         compile: str | None = None,
+        resize_filter: str = "area",
     ) -> FeatureExtractor:
         """Load ``model`` (preset, folder, hub id or safetensors file; see ``load_model``) and
-        build its FeatureNet for ``taps``. ``compile``: a torch.compile mode for the PyTorch
-        backend (see ``TorchRunner``). Exported artifacts load with ``load_runtime``."""
+        build its FeatureNet for ``taps``. ``base``: a local diffusers folder or hub id that
+        replaces the base of a hub preset, or the base of a .safetensors file. ``compile``: a
+        torch.compile mode for the PyTorch backend (see ``TorchRunner``). Exported artifacts
+        load with ``load_runtime``."""
+        from .backends import registry
         from .models import load_model
 
-        if backend != "torch":
+        if registry.get(backend).name != "torch":
             raise CleanDIFTError(
                 f"backend '{backend}' runs exported artifacts: export the model, then load it "
                 "with cleandift_rt.load_runtime(path)"
             )
+        from .validation import check_timestep, split_taps
+
+        split_taps(taps, "taps")  # names only: the model checks it has them
+        timestep = check_timestep(timestep)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
         runner = TorchRunner(loaded.feature_net(taps), compile=compile)
-        return cls(
+        extractor = cls(
             runner,
             resolution=resolution if resolution is not None else loaded.resolution,
             policy=policy,
             model_name=loaded.name,
             description=loaded.description,
+            resize_filter=resize_filter,
+            hub_files=loaded.hub_files,
+            prompt_encoder=loaded.prompt_encoder,
         )
+        extractor.prompt = prompt
+        return extractor
+
+    def set_prompt(self, prompt: str) -> None:
+        """Condition the network on ``prompt`` from now on (its embedding computed once).
+
+        Needs the model's text encoder and a runner whose network holds its context (PyTorch
+        and the DIFT baseline); an exported artifact bakes its prompt in."""
+        if prompt == self.prompt:
+            return
+        net = getattr(self.runner, "net", None)
+        net = getattr(self.runner, "dift", None) if net is None else net
+        buffer = getattr(net, "context", None)
+        if self.prompt_encoder is None or not isinstance(buffer, torch.Tensor):
+            what = self.model_name or "this model"
+            raise CleanDIFTError(
+                f"cannot condition {what} on a prompt: it needs a PyTorch model with a text "
+                "encoder (an exported artifact bakes its prompt; tiny and toy have none)"
+            )
+        if prompt not in self._contexts:
+            self._contexts[prompt] = self.prompt_encoder(prompt)
+        context = self._contexts[prompt]
+        if context.shape[1:] != buffer.shape[1:]:
+            raise CleanDIFTError(
+                f"prompt embedding {tuple(context.shape)} does not fit the model's context "
+                f"{tuple(buffer.shape)}"
+            )
+        with torch.no_grad():
+            buffer.copy_(context.to(buffer.device, buffer.dtype))
+        self.prompt = prompt
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -181,12 +282,17 @@ class FeatureExtractor:
     @property
     def batch_range(self) -> tuple[int, int]:
         """(smallest, largest) batch the runner takes: an artifact's exported range, or any."""
-        meta = getattr(self.runner, "meta", None)
-        return tuple(meta.batch) if meta is not None else (1, 2**31 - 1)
+        return tuple(self.runner.batch_range)
 
     def prepare(self, images: Any) -> list[PreparedImage]:
         """Decode and resize/pad images; fit-policy images are padded to one common size."""
-        prepared = [prepare_image(im, self.size, self.policy) for im in as_image_list(images)]
+        images = as_image_list(images)
+        if not images:
+            raise ImageError("no images given: pass an image or a non-empty list of images")
+        prepared = [
+            prepare_image(im, self.size, self.policy, resize_filter=self.resize_filter)
+            for im in images
+        ]
         sizes = {p.array.shape[:2] for p in prepared}
         if len(sizes) > 1:
             common = (max(s[0] for s in sizes), max(s[1] for s in sizes))
@@ -199,19 +305,43 @@ class FeatureExtractor:
         Returns maps {tap: (N, C, h, w)} in the runner's dtype on its device.
         """
         prepared = self.prepare(images)
+        batch = np.stack([p.array for p in prepared])
+        transforms = [p.transform for p in prepared]
+        return self.extract_prepared(batch, transforms, batch_size=batch_size, progress=progress)
+
+    def extract_prepared(
+        self,
+        batch: np.ndarray | torch.Tensor,
+        transforms: Sequence[ImageTransform] | None = None,
+        *,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> Features:
+        """Features of images already prepared for the runner: the one batching path.
+
+        ``batch``: uint8 (N, H, W, 3) at the runner's input size (numpy, or a torch tensor on
+        any device). It runs in chunks of ``batch_size`` clamped to the runner's batch range; a
+        chunk under the smallest batch (an artifact's) is padded with copies of its last image,
+        whose outputs are dropped. ``transforms``: one per image (default: identity, the input
+        is the original). Returns maps {tap: (N, C, h, w)} on the runner's device.
+        """
+        n_images = len(batch)
+        if transforms is None:
+            h, w = batch.shape[1:3]
+            transforms = [ImageTransform((h, w), (h, w), (1.0, 1.0))] * n_images
         lo, hi = self.batch_range
-        batch_size = max(lo, min(batch_size, hi))
+        step = max(lo, min(batch_size, hi))
         chunks: dict[str, list[torch.Tensor]] = {t: [] for t in self.taps}
-        starts = range(0, len(prepared), batch_size)
+        starts = range(0, n_images, step)
         for start in tqdm(starts, desc="extract", unit="batch", disable=not progress):
-            batch = np.stack([p.array for p in prepared[start : start + batch_size]])
-            n = len(batch)
-            if n < lo:  # an artifact's smallest batch: pad with copies, drop their outputs
-                batch = np.concatenate([batch, np.repeat(batch[-1:], lo - n, axis=0)])
-            for tap, out in self.runner(batch).items():
+            chunk = batch[start : start + step]
+            n = len(chunk)
+            if n < lo:
+                chunk = pad_batch(chunk, lo)
+            for tap, out in self.runner(chunk).items():
                 chunks[tap].append(out[:n])
         maps = {t: torch.cat(c) if len(c) > 1 else c[0] for t, c in chunks.items()}
-        return Features(maps, [p.transform for p in prepared], dict(self.strides))
+        return Features(maps, list(transforms), dict(self.strides))
 
     def match(
         self, source: Any, target: Any, points: Any, *, tap: str | None = None
@@ -219,6 +349,7 @@ class FeatureExtractor:
         """For each source point (N, 2) (x, y) in original source pixels, the best target pixel
         in original target pixels: bilinear query sampling, then cosine argmax against the
         target map bilinearly upsampled to the target image size."""
+        point_array(points)  # bad points answer before any extraction
         return self.match_features(self([source, target]), points, tap=tap)
 
     def match_features(
@@ -231,11 +362,7 @@ class FeatureExtractor:
         tap: str | None = None,
     ) -> MatchResult:
         """``match`` on already extracted features (images ``source`` → ``target``)."""
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.size == 0:
-            raise MatchError("no points to match")
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise MatchError(f"points must be (N, 2) pixel coordinates (x, y), got {pts.shape}")
+        pts = point_array(points)
         tap = tap or self.taps[0]
         if tap not in features.maps:
             raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(features.maps)})")
@@ -243,5 +370,5 @@ class FeatureExtractor:
         queries = sample_descriptors(
             fmap[source], torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
         )
-        coords, scores = cosine_argmax_fast(queries, fmap[target], grid=features.grid(target, tap))
+        coords, scores = cosine_argmax(queries, fmap[target], grid=features.grid(target, tap))
         return MatchResult(pts, coords.cpu().numpy().astype(np.float64), scores.cpu().numpy(), tap)

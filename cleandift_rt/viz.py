@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -24,6 +23,8 @@ from typing import Literal, overload
 import cv2
 import numpy as np
 import torch
+
+from .files import write_bytes
 
 __all__ = [
     "SideBySideLayout",
@@ -603,16 +604,4 @@ def save_png(path: str | os.PathLike[str], rgb: np.ndarray) -> pathlib.Path:
         code = exc.errno if exc.errno is not None else errno.EIO
         raise type(exc)(code, f"cannot create directory '{parent}': {reason}") from exc
 
-    tmp = parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(tmp, flags, 0o666)  # umask applies, as for a normally created file
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_bytes(out, buf.tobytes(), sync=True)

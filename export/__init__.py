@@ -4,6 +4,7 @@ AOTInductor packages, with a metadata sidecar and validation against PyTorch fp3
 Imports ``cleandift_rt``; the runtime never imports this package (the CLI loads it lazily).
 """
 
-from .build import ExportError, ExportOptions, export_model
+from .build import ExportOptions, export_model
+from .errors import ExportError
 
 __all__ = ["ExportError", "ExportOptions", "export_model"]

@@ -35,7 +35,7 @@ import torch
 from cleandift_rt.errors import one_line
 from cleandift_rt.models import FeatureNet
 
-from .build import ExportError
+from .errors import ExportError
 
 # Loggers that report compile progress, fallbacks and recompilation hints as warnings.
 _NOISY_LOGGERS = (
@@ -128,3 +128,8 @@ def write_aoti(
         except Exception as exc:
             raise ExportError(f"AOTInductor compile failed: {one_line(exc)}") from exc
     return [Path(written)]
+
+
+def write_artifact(net: FeatureNet, path: Path, options, meta) -> list[Path]:
+    """The registry's writer of the ``aoti`` format: ``write_aoti`` with ExportOptions."""
+    return write_aoti(net, path, options.height, options.width, options.batch_range)

@@ -12,7 +12,8 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +21,21 @@ import torch
 
 from cleandift_rt import __version__
 from cleandift_rt.artifacts import ArtifactMetadata, TapOutput, weights_sha256, write_sidecar
-from cleandift_rt.errors import CleanDIFTError
-from cleandift_rt.extractor import DTYPES, resolve_device
+from cleandift_rt.backends import registry
+from cleandift_rt.dtypes import PRECISIONS, torch_dtype
+from cleandift_rt.errors import CleanDIFTError, one_line
+from cleandift_rt.extractor import resolve_device
 from cleandift_rt.models import INPUT_MULTIPLE, load_model
 
+from .errors import ExportError
 from .precision import apply_precision_policy
 from .validate import compare, failures, validation_images
 
-EXTENSIONS = {"onnx": ".onnx", "engine": ".engine", "aoti": ".pt2"}
-
-
-class ExportError(CleanDIFTError):
-    """The export failed (bad options, or an artifact that does not validate)."""
+DEFAULT_OPSET = 17
+DEFAULT_OPT_LEVEL = 3  # TensorRT builder optimisation level
+# the format-specific options (None: not given) and their defaults where the format takes them
+FORMAT_DEFAULTS = {"opset": DEFAULT_OPSET, "workspace_gib": None, "opt_level": DEFAULT_OPT_LEVEL,
+                   "timing_cache": None}  # fmt: skip
 
 
 @dataclass
@@ -49,9 +53,10 @@ class ExportOptions:
     out: str = "artifacts"
     base: str | None = None
     device: str = "auto"
-    opset: int = 17
+    # format-specific (see the backend registry); None: not given, the format's default
+    opset: int | None = None  # ONNX opset (onnx, engine; default 17)
     workspace_gib: float | None = None  # TensorRT builder workspace limit
-    opt_level: int = 3  # TensorRT builder optimisation level (0-5)
+    opt_level: int | None = None  # TensorRT builder optimisation level (0-5, default 3)
     timing_cache: str | None = None  # TensorRT timing cache file (read and updated)
     validate: bool = True
 
@@ -60,9 +65,18 @@ class ExportOptions:
         return (self.batch, self.max_batch or self.batch)
 
     def check(self) -> None:
-        if self.format not in EXTENSIONS:
-            raise ExportError(f"unknown format '{self.format}' (onnx, engine, aoti)")
-        if self.precision not in ("fp32", "fp16", "bf16"):
+        """ExportError (one line) on options no export could satisfy; resolves the format's
+        alias (``trt`` → ``engine``) and fills the defaults of the options it takes."""
+        try:
+            spec = registry.get(self.format, exportable=True)
+            registry.check_options(spec, {k: getattr(self, k) for k in FORMAT_DEFAULTS})
+        except registry.BackendError as exc:
+            raise ExportError(str(exc)) from None
+        self.format = spec.name
+        for option, default in FORMAT_DEFAULTS.items():
+            if option in spec.export_options and getattr(self, option) is None:
+                setattr(self, option, default)
+        if self.precision not in PRECISIONS:
             raise ExportError(f"unknown precision '{self.precision}' (fp32, fp16, bf16)")
         for side in (self.height, self.width):
             if side <= 0 or side % INPUT_MULTIPLE:
@@ -70,7 +84,7 @@ class ExportOptions:
                                   f"{INPUT_MULTIPLE}, got {self.height}x{self.width}")  # fmt: skip
         if self.batch < 1 or (self.max_batch is not None and self.max_batch < self.batch):
             raise ExportError(f"need 1 <= batch <= max-batch, got {self.batch}, {self.max_batch}")
-        if not 0 <= self.opt_level <= 5:
+        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
             raise ExportError(f"--opt-level must be 0..5, got {self.opt_level}")
         if self.workspace_gib is not None and self.workspace_gib <= 0:
             raise ExportError(f"--workspace must be positive (GiB), got {self.workspace_gib}")
@@ -79,7 +93,7 @@ class ExportOptions:
         lo, hi = self.batch_range
         batch = f"b{lo}" if lo == hi else f"b{lo}-{hi}"
         stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}-{self.height}x{self.width}-{batch}"
-        return f"{stem}-{self.precision}{EXTENSIONS[self.format]}"
+        return f"{stem}-{self.precision}{registry.get(self.format).suffix}"
 
     def command(self) -> str:
         """The CLI command that rebuilds this artifact."""
@@ -91,30 +105,22 @@ class ExportOptions:
             args += ["--max-batch", str(self.max_batch)]
         if self.base:
             args += ["--base", self.base]
-        if self.format == "engine":
-            args += ["--opt-level", str(self.opt_level)]
-            if self.workspace_gib is not None:
-                args += ["--workspace", str(self.workspace_gib)]
-            if self.timing_cache:
-                args += ["--timing-cache", self.timing_cache]
+        for option in registry.get(self.format).export_options:
+            value = getattr(self, option)
+            if value is not None:
+                args += [registry.OPTION_FLAGS[option], str(value)]
         return shlex.join(args)
 
 
-def _writer(fmt: str):
-    """The function writing one format: (net, path, options, meta) → files written."""
-    if fmt == "onnx":
-        from .onnx_export import write_onnx
-
-        return lambda net, path, o, meta: write_onnx(
-            net, path, o.height, o.width, o.batch_range, o.opset
-        )
-    if fmt == "aoti":
-        from .aoti_export import write_aoti
-
-        return lambda net, path, o, meta: write_aoti(net, path, o.height, o.width, o.batch_range)
-    from .tensorrt_build import write_engine
-
-    return write_engine
+@contextmanager
+def _one_line_errors(what: str) -> Iterator[None]:
+    """Any failure inside (an exporter, a runtime refusing the graph) → ExportError, one line."""
+    try:
+        yield
+    except CleanDIFTError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"{what}: {one_line(exc)}") from None
 
 
 def export_model(
@@ -131,9 +137,12 @@ def export_model(
         clock["step"] += 1
         log(f"[{clock['step']}/{stages}] {text} ({time.perf_counter() - start:.1f} s)")
 
+    spec = registry.get(options.format)
     device = resolve_device(options.device)
-    if options.format in ("engine",) and device.type != "cuda":
-        raise ExportError("TensorRT engines are built on a CUDA GPU (use --device cuda)")
+    try:
+        spec.check_device(device.type)
+    except registry.BackendError as exc:
+        raise ExportError(str(exc)) from None
 
     t = time.perf_counter()
     loaded = load_model(options.model, base=options.base).to(device, torch.float32)
@@ -147,7 +156,7 @@ def export_model(
         reference = dict(zip(net.taps, net(torch.from_numpy(images).to(device))))
     stage(f"PyTorch fp32 reference on {len(images)} photos", t)
 
-    apply_precision_policy(net, DTYPES[options.precision])
+    apply_precision_policy(net, torch_dtype(options.precision))
     meta = ArtifactMetadata(
         format=options.format,
         artifact=options.file_name(loaded.name),
@@ -162,6 +171,7 @@ def export_model(
         producer={"cleandift_rt": __version__, "torch": torch.__version__},
         build={"opset": options.opset, "device": str(device)},
         rebuild=options.command(),
+        hub_files=loaded.hub_files,
     )
 
     out = Path(options.out)
@@ -170,24 +180,18 @@ def export_model(
     try:
         t = time.perf_counter()
         artifact = staging / meta.artifact
-        files = _writer(options.format)(net, artifact, options, meta)
+        with _one_line_errors(f"writing the {options.format} artifact failed"):
+            files = registry.resolve(spec.writer, __package__)(net, artifact, options, meta)
         write_sidecar(artifact, meta)
         size = sum(f.stat().st_size for f in files) / 2**20
         stage(f"wrote {options.format} ({size:.1f} MiB)", t)
 
         if options.validate:
             t = time.perf_counter()
-            runtime = load_runtime(artifact, device=device)
-            outputs = {}
-            for start in range(0, len(images), options.batch_range[1]):
-                batch = images[start : start + options.batch_range[1]]
-                if len(batch) < options.batch_range[0]:
-                    break
-                for tap, value in runtime.runner(batch).items():
-                    outputs.setdefault(tap, []).append(value.float().cpu())
-            outputs = {k: torch.cat(v) for k, v in outputs.items()}
-            ref = {k: v[: len(outputs[k])] for k, v in reference.items()}
-            meta.validation = compare(ref, outputs)
+            with _one_line_errors(f"the exported {options.format} artifact does not run"):
+                runtime = load_runtime(artifact, device=device)
+                outputs = runtime.extract_prepared(images, batch_size=options.batch_range[1]).maps
+            meta.validation = compare(reference, outputs)
             bad = failures(meta.validation, options.precision)
             worst = min(r["cosine"] for r in meta.validation.values())
             stage(f"validated against PyTorch fp32: min cosine {worst:.6f}", t)

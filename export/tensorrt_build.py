@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +42,10 @@ from cleandift_rt.backends.tensorrt_runner import (
     tensorrt_logger,
 )
 from cleandift_rt.errors import one_line
+from cleandift_rt.files import write_bytes
 from cleandift_rt.models import FeatureNet
 
-from .build import ExportError
+from .errors import ExportError
 
 log = logging.getLogger("cleandift_rt.tensorrt")
 
@@ -309,11 +308,4 @@ def _attach_timing_cache(config: Any, file: str | Path | None) -> Any:
 
 def _save_timing_cache(cache: Any, file: Path) -> None:
     """Write the (updated) timing cache atomically."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.parent / f".{file.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(cache.serialize())
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(file, bytes(cache.serialize()))

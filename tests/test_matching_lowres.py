@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from naive_pipeline import naive_scores
 
 from cleandift_rt.errors import MatchError
-from cleandift_rt.matching import PixelGrid, cosine_argmax, lowres, sample_descriptors
-from cleandift_rt.matching.dispatch import cosine_argmax_fast, select_backend
+from cleandift_rt.matching import PixelGrid, cosine_argmax_reference, lowres, sample_descriptors
+from cleandift_rt.matching.argmax import cosine_argmax, select_backend
 from cleandift_rt.matching.lowres import cell_gram, cosine_argmax_lowres, inverse_norms
 from cleandift_rt.matching.triton_argmax import interpreting, triton_available
 
@@ -66,7 +66,7 @@ def test_matches_reference_and_naive(c, h, w, big_h, big_w, k):
     t = torch.randn(c, h, w, generator=gen)
     q = torch.randn(k, c, generator=gen)
     coords, scores = cosine_argmax_lowres(q, t, (big_h, big_w))
-    ref_c, ref_s = cosine_argmax(q, t, (big_h, big_w))
+    ref_c, ref_s = cosine_argmax_reference(q, t, (big_h, big_w))
     if h == w == 1:  # exact ties everywhere: flat index 0, like the reference
         assert bool((coords == 0).all()) and torch.equal(coords, ref_c)
         torch.testing.assert_close(scores, ref_s, atol=SCORE_TOL, rtol=0)
@@ -81,7 +81,7 @@ def test_many_queries_agree():
     q = torch.randn(3000, 48, generator=gen)
     out = (160, 176)
     coords, scores = cosine_argmax_lowres(q, t, out)
-    ref_c, ref_s = cosine_argmax(q, t, out)
+    ref_c, ref_s = cosine_argmax_reference(q, t, out)
     assert_agrees(coords, scores, ref_c, ref_s, naive_scores(q, t, out), out[1])
 
 
@@ -96,7 +96,7 @@ def test_feature_grid_default_and_arbitrary_grid():
 
     grid = PixelGrid.from_input_transform((45, 60), (1.1, 0.9), (5.0, -3.0), (8.0, 8.0))
     coords, scores = cosine_argmax_lowres(q, t, grid=grid)
-    assert_agrees(coords, scores, *cosine_argmax(q, t, grid=grid))
+    assert_agrees(coords, scores, *cosine_argmax_reference(q, t, grid=grid))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -108,7 +108,7 @@ def test_half_inputs(dtype):
     coords, scores = cosine_argmax_lowres(q, t, out)
     assert scores.dtype == torch.float32
     naive = naive_scores(q.float(), t.float(), out)
-    assert_agrees(coords, scores, *cosine_argmax(q, t, out), naive, out[1])
+    assert_agrees(coords, scores, *cosine_argmax_reference(q, t, out), naive, out[1])
     # Mixed dtypes are fine too (everything is computed in float32).
     assert_agrees(*cosine_argmax_lowres(q.float(), t, out), coords, scores)
 
@@ -123,7 +123,9 @@ def test_batch():
     for i in range(3):
         c_i, s_i = cosine_argmax_lowres(q[i], t[i], out)
         assert torch.equal(coords[i], c_i) and torch.equal(scores[i], s_i)
-        assert_agrees(c_i, s_i, *cosine_argmax(q[i], t[i], out), naive_scores(q[i], t[i], out), 50)
+        assert_agrees(
+            c_i, s_i, *cosine_argmax_reference(q[i], t[i], out), naive_scores(q[i], t[i], out), 50
+        )
 
 
 def test_empty_queries():
@@ -144,7 +146,9 @@ def test_non_contiguous():
     coords, scores = cosine_argmax_lowres(q, t, out, block=4)
     c2, s2 = cosine_argmax_lowres(q.contiguous(), t.contiguous(), out, block=4)
     assert torch.equal(coords, c2) and torch.equal(scores, s2)
-    assert_agrees(coords, scores, *cosine_argmax(q, t, out), naive_scores(q, t, out), out[1])
+    assert_agrees(
+        coords, scores, *cosine_argmax_reference(q, t, out), naive_scores(q, t, out), out[1]
+    )
 
 
 def test_zero_norm_pixels_and_ties():
@@ -161,7 +165,9 @@ def test_zero_norm_pixels_and_ties():
     # ties (up to rounding) around it, so any pixel of the plateau may win.
     coords, scores = cosine_argmax_lowres(q, t, (24, 24))
     naive = naive_scores(q, t, (24, 24))
-    assert_agrees(coords, scores, *cosine_argmax(q, t, (24, 24)), naive, 24, max_differ=1.0)
+    assert_agrees(
+        coords, scores, *cosine_argmax_reference(q, t, (24, 24)), naive, 24, max_differ=1.0
+    )
     assert coords[1].tolist() == [0, 0] and float(scores[1]) == 0.0
     # Constant maps tie exactly everywhere -> (0, 0), for any (non-dyadic too) factor.
     for out in ((16, 16), (23, 37)):
@@ -297,7 +303,7 @@ def test_real_photo_features(photo_features, tap, dtype):
     q = sample_descriptors(src, pts, out)
     coords, scores = cosine_argmax_lowres(q, tgt, out)
     naive = naive_scores(q.float(), tgt.float(), out)
-    assert_agrees(coords, scores, *cosine_argmax(q, tgt, out), naive, out[1])
+    assert_agrees(coords, scores, *cosine_argmax_reference(q, tgt, out), naive, out[1])
     # Matching an image against itself finds pixels as good as the query's own (cosine ~1).
     _, self_scores = cosine_argmax_lowres(q, src, out)
     assert float(self_scores.min()) > 0.999
@@ -308,11 +314,25 @@ def test_real_photo_batch(photo_features):
     pts = torch.randint(0, 96, (2, 50, 2), generator=_gen(12))
     q = sample_descriptors(torch.stack([photo_features[0][1], photo_features[1][1]]), pts, (96, 96))
     coords, scores = cosine_argmax_lowres(q, tgt, (96, 96))
-    assert_agrees(coords[0], scores[0], *cosine_argmax(q[0], tgt[0], (96, 96)))
-    assert_agrees(coords[1], scores[1], *cosine_argmax(q[1], tgt[1], (96, 96)))
+    assert_agrees(coords[0], scores[0], *cosine_argmax_reference(q[0], tgt[0], (96, 96)))
+    assert_agrees(coords[1], scores[1], *cosine_argmax_reference(q[1], tgt[1], (96, 96)))
 
 
 # --------------------------------------------------------------------------- dispatch
+
+
+def test_cosine_argmax_default_equals_the_naive_pipeline():
+    """The public entry point (backend "auto", the low-res method on the CPU) at the benchmark's
+    K = 256 and C = 640 (map 12² → 192², 16× upsampling): the naive upsample pipeline's argmax
+    and scores. Speed is measured in benchmarks/matcher.py, not here."""
+    gen = _gen(29)
+    t = torch.randn(640, 12, 12, generator=gen)
+    q = torch.randn(256, 640, generator=gen)
+    naive = naive_scores(q, t, (192, 192))
+    best, flat = naive.max(dim=1)
+    coords, scores = cosine_argmax(q, t, (192, 192))
+    ref = torch.stack([flat % 192, flat // 192], dim=1)
+    assert_agrees(coords, scores, ref, best, naive, 192)
 
 
 def test_dispatch_backends():
@@ -320,22 +340,22 @@ def test_dispatch_backends():
     t = torch.randn(8, 6, 7, generator=gen)
     q = torch.randn(20, 8, generator=gen)
     out = (30, 35)
-    assert select_backend(t) == "torch"  # CPU tensors never pick Triton automatically
-    ref = cosine_argmax(q, t, out)
-    fast = cosine_argmax_fast(q, t, out)
+    assert select_backend(t) == "lowres"  # CPU tensors never pick Triton automatically
+    ref = cosine_argmax_reference(q, t, out)
+    fast = cosine_argmax(q, t, out)
     assert_agrees(*fast, *ref)
     low = cosine_argmax_lowres(q, t, out)
     assert torch.equal(fast[0], low[0]) and torch.equal(fast[1], low[1])
-    r = cosine_argmax_fast(q, t, out, backend="reference")
+    r = cosine_argmax(q, t, out, backend="reference")
     assert torch.equal(r[0], ref[0]) and torch.equal(r[1], ref[1])
-    assert_agrees(*cosine_argmax_fast(q, t, grid=PixelGrid.interpolate((6, 7), out)), *ref)
+    assert_agrees(*cosine_argmax(q, t, grid=PixelGrid.interpolate((6, 7), out)), *ref)
     with pytest.raises(MatchError):
-        cosine_argmax_fast(q, t, out, backend="cuda")  # type: ignore[arg-type]
+        cosine_argmax(q, t, out, backend="cuda")  # type: ignore[arg-type]
     if triton_available() and interpreting():
-        assert_agrees(*cosine_argmax_fast(q, t, out, backend="triton"), *ref)
+        assert_agrees(*cosine_argmax(q, t, out, backend="triton"), *ref)
     else:  # CPU tensors need Triton's interpreter
         with pytest.raises(MatchError):
-            cosine_argmax_fast(q, t, out, backend="triton")
+            cosine_argmax(q, t, out, backend="triton")
 
 
 def test_pruning_skips_work_on_smooth_maps_and_stays_exact(monkeypatch):
@@ -361,7 +381,7 @@ def test_pruning_skips_work_on_smooth_maps_and_stays_exact(monkeypatch):
     monkeypatch.setattr(lowres, "_fold_rows", spy)
     coords, scores = cosine_argmax_lowres(q, t, out)
     naive = naive_scores(q, t, out)
-    assert_agrees(coords, scores, *cosine_argmax(q, t, out), naive, out[1])
+    assert_agrees(coords, scores, *cosine_argmax_reference(q, t, out), naive, out[1])
     # Without pruning every query folds every row (1.0); here 0.54 (the bands around the zero
     # cells, whose inverse norms are huge, can never be skipped).
     assert sum(folded) < 0.6 * 40 * out[0] * out[1]

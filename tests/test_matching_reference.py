@@ -13,8 +13,8 @@ from cleandift_rt.errors import MatchError
 from cleandift_rt.matching import (
     PixelGrid,
     cosine_argmax,
-    cosine_argmax_fast,
     cosine_argmax_lowres,
+    cosine_argmax_reference,
     sample_descriptors,
 )
 from cleandift_rt.matching.grid import bilinear_weights
@@ -95,8 +95,8 @@ def test_from_input_transform_matches_interpolate(h, w, big_h, big_w, side):
     gen = _gen(0)
     t = torch.randn(6, h, w, generator=gen)
     q = torch.randn(9, 6, generator=gen)
-    c1, s1 = cosine_argmax(q, t, grid=g)
-    c2, s2 = cosine_argmax(q, t, (big_h, big_w))
+    c1, s1 = cosine_argmax_reference(q, t, grid=g)
+    c2, s2 = cosine_argmax_reference(q, t, (big_h, big_w))
     assert torch.equal(c1, c2)
     torch.testing.assert_close(s1, s2, atol=1e-6, rtol=0)
 
@@ -216,7 +216,7 @@ def test_sample_descriptors_errors():
         sample_descriptors(t.long(), torch.zeros(1, 2), (16, 16))
 
 
-# --------------------------------------------------------------------------- cosine_argmax
+# ------------------------------------------------------------------------ cosine_argmax_reference
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_cosine_argmax_matches_naive(c, h, w, big_h, big_w, k):
     gen = _gen(10 + h)
     t = torch.randn(c, h, w, generator=gen)
     q = torch.randn(k, c, generator=gen)
-    coords, scores = cosine_argmax(q, t, (big_h, big_w))
+    coords, scores = cosine_argmax_reference(q, t, (big_h, big_w))
     tie_only = h == w == 1  # F.interpolate adds ulp noise to what are exact ties
     ref = naive_scores(q, t, (big_h, big_w))
     assert_matches_naive(coords, scores, ref, big_w, max_differ=1.0 if tie_only else 0.25)
@@ -245,7 +245,7 @@ def test_cosine_argmax_feature_grid_default():
     gen = _gen(4)
     t = torch.randn(10, 7, 9, generator=gen)
     q = torch.randn(15, 10, generator=gen)
-    coords, scores = cosine_argmax(q, t)
+    coords, scores = cosine_argmax_reference(q, t)
     ref = F.normalize(q, dim=1) @ F.normalize(t.reshape(10, -1), dim=0)
     assert torch.equal(coords[:, 1] * 9 + coords[:, 0], ref.argmax(dim=1))
     torch.testing.assert_close(scores, ref.max(dim=1).values, atol=SCORE_TOL, rtol=0)
@@ -256,10 +256,10 @@ def test_cosine_argmax_band_sizes_identical():
     t = torch.randn(16, 9, 11, generator=gen)
     q = torch.randn(30, 16, generator=gen)
     out = (37, 45)
-    c_all, s_all = cosine_argmax(q, t, out, band_rows=out[0])
+    c_all, s_all = cosine_argmax_reference(q, t, out, band_rows=out[0])
     assert_matches_naive(c_all, s_all, naive_scores(q, t, out), out[1])
     for b in (1, 3, 1000, None):
-        c_b, s_b = cosine_argmax(q, t, out, band_rows=b)
+        c_b, s_b = cosine_argmax_reference(q, t, out, band_rows=b)
         assert torch.equal(c_b, c_all)
         torch.testing.assert_close(s_b, s_all, atol=1e-6, rtol=0)
 
@@ -274,10 +274,12 @@ def test_auto_band_rows_bound():
 
 def test_cosine_argmax_empty_queries():
     t = torch.randn(6, 4, 5)
-    coords, scores = cosine_argmax(torch.zeros(0, 6), t, (16, 20))
+    coords, scores = cosine_argmax_reference(torch.zeros(0, 6), t, (16, 20))
     assert coords.shape == (0, 2) and coords.dtype == torch.int64
     assert scores.shape == (0,) and scores.dtype == torch.float32
-    coords, scores = cosine_argmax(torch.zeros(2, 0, 6), t.expand(2, -1, -1, -1), (16, 20))
+    coords, scores = cosine_argmax_reference(
+        torch.zeros(2, 0, 6), t.expand(2, -1, -1, -1), (16, 20)
+    )
     assert coords.shape == (2, 0, 2) and scores.shape == (2, 0)
 
 
@@ -286,11 +288,11 @@ def test_cosine_argmax_batch():
     t = torch.randn(2, 8, 6, 10, generator=gen)
     q = torch.randn(2, 12, 8, generator=gen)
     out = (30, 50)
-    coords, scores = cosine_argmax(q, t, out, band_rows=7)
+    coords, scores = cosine_argmax_reference(q, t, out, band_rows=7)
     assert coords.shape == (2, 12, 2) and scores.shape == (2, 12)
     for i in range(2):
         assert_matches_naive(coords[i], scores[i], naive_scores(q[i], t[i], out), out[1])
-        c_i, s_i = cosine_argmax(q[i], t[i], out, band_rows=7)
+        c_i, s_i = cosine_argmax_reference(q[i], t[i], out, band_rows=7)
         assert torch.equal(coords[i], c_i)
         torch.testing.assert_close(scores[i], s_i, atol=0, rtol=0)
 
@@ -301,7 +303,7 @@ def test_cosine_argmax_half_inputs(dtype):
     t = torch.randn(16, 8, 6, generator=gen).to(dtype)
     q = torch.randn(20, 16, generator=gen).to(dtype)
     out = (40, 30)
-    coords, scores = cosine_argmax(q, t, out)
+    coords, scores = cosine_argmax_reference(q, t, out)
     assert scores.dtype == torch.float32
     assert_matches_naive(coords, scores, naive_scores(q.float(), t.float(), out), out[1])
 
@@ -312,9 +314,9 @@ def test_cosine_argmax_non_contiguous():
     q = torch.randn(12, 25, generator=gen).T  # (K=25, C=12), transposed
     assert not t.is_contiguous() and not q.is_contiguous()
     out = (33, 41)
-    coords, scores = cosine_argmax(q, t, out, band_rows=4)
+    coords, scores = cosine_argmax_reference(q, t, out, band_rows=4)
     assert_matches_naive(coords, scores, naive_scores(q, t, out), out[1])
-    c2, s2 = cosine_argmax(q.contiguous(), t.contiguous(), out, band_rows=4)
+    c2, s2 = cosine_argmax_reference(q.contiguous(), t.contiguous(), out, band_rows=4)
     assert torch.equal(coords, c2)
     torch.testing.assert_close(scores, s2, atol=0, rtol=0)
 
@@ -324,7 +326,7 @@ def test_cosine_argmax_arbitrary_grid():
     t = torch.randn(10, 8, 10, generator=gen)
     q = torch.randn(30, 10, generator=gen)
     grid = PixelGrid.from_input_transform((45, 60), (1.1, 0.9), (5.0, -3.0), (8.0, 8.0))
-    coords, scores = cosine_argmax(q, t, grid=grid, band_rows=5)
+    coords, scores = cosine_argmax_reference(q, t, grid=grid, band_rows=5)
     assert_matches_naive(coords, scores, naive_grid_scores(q, t, grid), grid.size[1])
 
 
@@ -335,7 +337,7 @@ def test_shifted_copy_is_found():
     out = (128, 128)  # 8 px per cell
     pts = torch.randint(12, 85, (40, 2), generator=gen)  # away from borders and the roll seam
     q = sample_descriptors(src, pts, out)
-    coords, scores = cosine_argmax(q, tgt, out)
+    coords, scores = cosine_argmax_reference(q, tgt, out)
     expected = pts + torch.tensor([3 * 8, 2 * 8])
     assert int((coords - expected).abs().max()) <= 1
     assert float(scores.min()) > 0.999
@@ -347,19 +349,21 @@ def test_zero_norm_pixels_and_ties():
     t = torch.zeros(8, 6, 6)
     t[:, 4, 2] = v
     q = torch.stack([v + 0.1 * torch.randn(8, generator=gen), -v])
-    coords, scores = cosine_argmax(q, t)
+    coords, scores = cosine_argmax_reference(q, t)
     # Positive cosine beats zero pixels; with only negative ones, a zero pixel (cos 0) wins and
     # the tie among all zero pixels goes to flat index 0.
     assert coords.tolist() == [[2, 4], [0, 0]]
     assert float(scores[0]) > 0.9 and float(scores[1]) == 0.0
-    coords, scores = cosine_argmax(q[:1], t, (24, 24))
+    coords, scores = cosine_argmax_reference(q[:1], t, (24, 24))
     assert float(scores[0]) > 0.9 and abs(int(coords[0, 0]) - 9) <= 2
     # A constant map upsampled by a power of two: all pixels exactly tie -> (0, 0).
-    coords, _ = cosine_argmax(torch.randn(3, 5, generator=gen), torch.ones(5, 4, 4), (16, 16))
+    coords, _ = cosine_argmax_reference(
+        torch.randn(3, 5, generator=gen), torch.ones(5, 4, 4), (16, 16)
+    )
     assert bool((coords == 0).all())
 
 
-@pytest.mark.parametrize("argmax", [cosine_argmax, cosine_argmax_lowres, cosine_argmax_fast])
+@pytest.mark.parametrize("argmax", [cosine_argmax_reference, cosine_argmax_lowres, cosine_argmax])
 def test_cosine_argmax_errors(argmax):
     """Every backend refuses the same bad input (shared validation)."""
     t = torch.randn(4, 3, 3)
@@ -386,4 +390,4 @@ def test_cosine_argmax_errors(argmax):
 
 def test_band_rows_must_be_positive():
     with pytest.raises(MatchError):
-        cosine_argmax(torch.randn(2, 4), torch.randn(4, 3, 3), (9, 9), band_rows=0)
+        cosine_argmax_reference(torch.randn(2, 4), torch.randn(4, 3, 3), (9, 9), band_rows=0)

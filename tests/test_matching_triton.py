@@ -29,8 +29,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed: Triton matcher tests skipped")
 
 from cleandift_rt.errors import MatchError  # noqa: E402
-from cleandift_rt.matching import PixelGrid, cosine_argmax, sample_descriptors  # noqa: E402
-from cleandift_rt.matching.dispatch import cosine_argmax_fast, select_backend  # noqa: E402
+from cleandift_rt.matching import PixelGrid, cosine_argmax_reference, sample_descriptors  # noqa: E402
+from cleandift_rt.matching.argmax import cosine_argmax, select_backend  # noqa: E402
 from cleandift_rt.matching.triton_argmax import cosine_argmax_triton, interpreting  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -65,7 +65,7 @@ def assert_same_as_reference(q, t, out=None, grid=None, exact=False, **kwargs):
     """
     qd, td = _on(q, t)
     coords, scores = cosine_argmax_triton(qd, td, out, grid=grid, **kwargs)
-    ref_c, ref_s = cosine_argmax(q, t, out, grid=grid)
+    ref_c, ref_s = cosine_argmax_reference(q, t, out, grid=grid)
     assert coords.device == td.device and scores.device == td.device
     assert coords.dtype == torch.int64 and scores.dtype == torch.float32
     coords, scores = coords.cpu(), scores.cpu()
@@ -197,10 +197,10 @@ def test_errors_and_dispatch():
     gen = _gen(5)
     tc, qc = torch.randn(8, 6, 7, generator=gen), torch.randn(20, 8, generator=gen)
     td, qd = _on(tc, qc)
-    forced = cosine_argmax_fast(qd, td, (30, 35), backend="triton")
+    forced = cosine_argmax(qd, td, (30, 35), backend="triton")
     direct = cosine_argmax_triton(qd, td, (30, 35))
     assert torch.equal(forced[0], direct[0]) and torch.equal(forced[1], direct[1])
-    assert select_backend(td) == ("triton" if DEVICE == "cuda" and not interpreting() else "torch")
+    assert select_backend(td) == ("triton" if DEVICE == "cuda" and not interpreting() else "lowres")
 
 
 @pytest.mark.skipif(RUNNABLE, reason="the kernels already run in this process")

@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from cleandift_rt.errors import ModelError
-from cleandift_rt.evaluation import ExtractorPredictor, build_extractor
+from cleandift_rt.evaluation import ExtractorPredictor
 from cleandift_rt.evaluation.homography import evaluate_homography, load_photos, make_pairs
 from cleandift_rt.models import load_model
 from cleandift_rt.models.bundled import TOY_DIR, bundled_path, read_manifest, sha256_of
+from cleandift_rt.runtime import build_extractor
 from training.pretrain_toy import PretrainConfig, pretrain
 from training.toy_photos import HELD_OUT, random_crops, training_photos
 
@@ -105,8 +106,10 @@ def _pck(model: str, pairs) -> dict[str, float]:
     return evaluate_homography(ExtractorPredictor(fx), pairs, (0.05, 0.1))["overall"]["per_point"]
 
 
+@pytest.mark.slow
 def test_toy_recovers_homographies_of_held_out_photos_far_above_tiny():
-    """The recorded benchmark's pairs (benchmarks/toy_eval_cpu.json): same code, tiny vs toy."""
+    """The recorded benchmark's pairs (benchmarks/results/toy_eval_cpu.json): same code, tiny vs
+    toy."""
     pairs = make_pairs(load_photos(), pairs_per_image=4, seed=0)
     toy, tiny = _pck("toy", pairs), _pck("tiny", pairs)
     assert toy["img@0.1"] >= 0.6, (toy, tiny)
@@ -190,6 +193,7 @@ def test_pretrain_cli_rejects_bad_input_in_one_line(tmp_path, args, message):
     assert not (out / "model").exists()
 
 
+@pytest.mark.slow
 def test_student_file_of_a_folder_loaded_teacher_saves(tmp_path):
     """from_pretrained puts Path values in the U-Net config; the student file must still save."""
     from cleandift_rt.models import read_student_file, save_unet_file

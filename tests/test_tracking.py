@@ -5,14 +5,14 @@ translations and written with cv2.VideoWriter (mp4v, lossy) or as image folders.
 
 Which features: the ``tiny`` model has fixed-seed RANDOM weights and its features do not track
 (measured: median error ≈ the motion itself at every tap and resolution tried, see
-benchmarks/TRACKING.md), so tiny-model tests check plumbing, buffering, faults and outputs. The
-geometry ("tracked points follow the known motion within one feature stride") is checked with
-:class:`PixelPatchRunner`, a real Runner whose stride-4 features are the raw local-contrast
-pixel patches of the frame: discriminative for translations by multiples of its stride, which
-is what the test video uses. Everything between the runner and the results (FeatureExtractor
-preprocessing, grids in original pixels, the matcher, search windows, chain updates, cycle
-check, capture thread) is the production code. The bundled trained ``toy`` model (which never
-saw this photo) is checked to track it with learned features.
+benchmarks/results/TRACKING.md), so tiny-model tests check plumbing, buffering, faults and outputs.
+The geometry ("tracked points follow the known motion within one feature stride") is checked with
+:class:`PixelPatchRunner`, a real Runner whose stride-4 features are the raw local-contrast pixel
+patches of the frame: discriminative for translations by multiples of its stride, which is what the
+test video uses. Everything between the runner and the results (FeatureExtractor preprocessing,
+grids in original pixels, the matcher, search windows, chain updates, cycle check, capture thread)
+is the production code. The bundled trained ``toy`` model (which never saw this photo) is checked to
+track it with learned features.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from skimage import data
 
 from cleandift_rt import FeatureExtractor, cli
-from cleandift_rt.demo import grid_points
-from cleandift_rt.matching import PixelGrid, cosine_argmax_fast
-from cleandift_rt.tracking import Tracker, cosine_argmax_window, run_tracking
+from cleandift_rt.geometry import grid_points
+from cleandift_rt.matching import PixelGrid, cosine_argmax, cosine_argmax_window
+from cleandift_rt.tracking import Tracker, run_tracking
 
 SIZE = 128  # frame side (px)
 STRIDE = 4  # PixelPatchRunner stride (px)
@@ -52,6 +52,7 @@ class PixelPatchRunner:
         self.strides = {"patch": stride}
         self.channels = {"patch": 3 * stride * stride}
         self.input_size = None
+        self.batch_range = (1, 2**31 - 1)  # any batch
         self.device = torch.device("cpu")
         self.stride = stride
 
@@ -126,7 +127,7 @@ def test_window_argmax_equals_full_argmax_when_the_disk_covers_the_frame():
     torch.manual_seed(0)
     target, queries = torch.randn(16, 9, 11), torch.randn(7, 16)
     grid = PixelGrid.interpolate((9, 11), (70, 90))
-    full_xy, full_s = cosine_argmax_fast(queries, target, grid=grid)
+    full_xy, full_s = cosine_argmax(queries, target, grid=grid)
     xy, s = cosine_argmax_window(queries, target, grid, torch.full((7, 2), 35.0), 200.0)
     assert torch.equal(xy, full_xy)
     torch.testing.assert_close(s, full_s, rtol=0, atol=1e-5)
@@ -241,6 +242,7 @@ def _fraction_within(fx: FeatureExtractor, video: Path, pixels: float) -> float:
     return float((np.concatenate(errors) <= pixels).mean())
 
 
+@pytest.mark.slow
 def test_trained_toy_features_track_the_held_out_photo_where_random_ones_do_not(video):
     """The bundled `toy` weights (trained without this photo) follow the known motion: points
     within 8 px (3 % of the 224-px photo) on ≥ 90 % of (frame, point) pairs, measured 0.96 at
@@ -390,6 +392,7 @@ def test_cli_bad_input_is_one_line_exit_2_without_files(args, message, video, tm
     assert [p.name for p in tmp_path.iterdir()] == ["empty_dir"]
 
 
+@pytest.mark.slow
 def test_cli_tracks_an_image_folder_to_video_and_jsonl(photo, tmp_path, capsys):
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -412,9 +415,10 @@ def test_cli_tracks_an_image_folder_to_video_and_jsonl(photo, tmp_path, capsys):
     assert count_video_frames(out) == 3 and len(read_jsonl(tracks)) == 3
 
 
+@pytest.mark.slow
 def test_cli_ctrl_c_stops_cleanly_with_complete_outputs(photo, tmp_path):
-    """SIGINT to a real `cleandift-rt track` process: exit 0, a summary, and a video and JSONL
-    holding the same frames."""
+    """SIGINT to a real `cleandift-rt track` process: a summary, a video and JSONL holding the
+    same frames, and exit status 130 like every other command on Ctrl-C."""
     import os
     import signal
     import subprocess
@@ -445,7 +449,8 @@ def test_cli_ctrl_c_stops_cleanly_with_complete_outputs(photo, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["ended"] == "interrupted" and 2 <= summary["frames"] < 300
+    assert f"interrupted after {summary['frames']} frame(s)" in stderr.splitlines()
     assert len(read_jsonl(tracks)) == summary["frames"] == count_video_frames(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,20 +114,134 @@ def test_heads_start_as_identity_and_depend_on_t():
     assert not torch.allclose(out[0], out[1]) and out.shape == (3, 16, 2, 2)
 
 
+def reference_timesteps(u: torch.Tensor, t_min: int = 1, t_max: int = 999) -> torch.Tensor:
+    """CompVis/cleandift's stratified draw for uniform u (B, N) in [0, 1): bin width
+    (t_max − t_min) / N, t = long(t_min + u · width + k · width) for bin k."""
+    width = (t_max - t_min) / u.shape[1]
+    return (t_min + u * width + torch.arange(u.shape[1], dtype=u.dtype) * width).long()
+
+
+def test_stratified_timesteps_follow_the_reference_rule():
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    t = stratified_timesteps(20000, 3, gen()).view(20000, 3)
+    u = torch.rand(20000, 3, generator=gen(), dtype=torch.float64)  # the draws it consumed
+    assert t.dtype == torch.int64 and torch.equal(t, reference_timesteps(u))
+    # the reference's bins for 3 bins over [1, 999]: every value reached, 999 never drawn
+    ranges = [(int(t[:, k].min()), int(t[:, k].max())) for k in range(3)]
+    assert ranges == [(1, 333), (333, 666), (666, 998)]
+    assert t[:, 0].unique().numel() == 333  # uniform within the bin, not a constant
+
+
 def test_stratified_timesteps_respect_a_smaller_range():
-    t = stratified_timesteps(64, 4, torch.Generator().manual_seed(0), t_max=400).view(64, 4)
-    assert t.min() >= 1 and t.max() <= 400
-    for b in range(4):  # bin b covers [1 + 100 b, 1 + 100 (b + 1))
-        assert (t[:, b] >= 1 + 100 * b).all() and (t[:, b] < 1 + 100 * (b + 1)).all()
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    t = stratified_timesteps(4000, 4, gen(), t_max=400).view(4000, 4)
+    u = torch.rand(4000, 4, generator=gen(), dtype=torch.float64)
+    assert torch.equal(t, reference_timesteps(u, t_max=400))
+    ranges = [(int(t[:, k].min()), int(t[:, k].max())) for k in range(4)]
+    assert ranges == [(1, 100), (100, 200), (200, 300), (300, 399)]  # width 399 / 4
 
 
-def test_stratified_timesteps_one_per_bin():
-    t = stratified_timesteps(64, 3, torch.Generator().manual_seed(0)).view(64, 3)
-    assert t.dtype == torch.int64 and t.min() >= 1 and t.max() <= 999
-    edges = torch.linspace(1, 1000, 4)
-    for k in range(3):
-        assert ((t[:, k] >= edges[k].floor()) & (t[:, k] < edges[k + 1])).all()
-    assert t[:, 0].unique().numel() > 20  # uniform within the bin, not a constant
+def test_warmup_is_constant_with_warmup_from_lr_zero():
+    from transformers import get_constant_schedule_with_warmup
+
+    from training.objective import constant_with_warmup
+
+    def lrs(make_scheduler, steps=6):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-5)
+        scheduler = make_scheduler(optimizer)
+        used = []
+        for _ in range(steps):  # the lr each optimiser step runs with
+            used.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return used
+
+    ours = lrs(lambda o: constant_with_warmup(o, 4))
+    # the definition: lr · step / warmup while step < warmup, then lr; steps count from 0
+    assert ours == pytest.approx([1e-5 * s / 4 for s in range(4)] + [1e-5, 1e-5], abs=0)
+    assert ours[0] == 0.0
+    assert ours == pytest.approx(lrs(lambda o: get_constant_schedule_with_warmup(o, 4)), abs=0)
+    assert lrs(lambda o: constant_with_warmup(o, 0), 2) == [1e-5, 1e-5]
+
+
+def _reference_rms_norm(x, scale, eps=1e-6):
+    return x * (scale * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _reference_ffn(x, norm_scale, w_up, w_down):
+    """CompVis' FeedForwardBlock: skip + down(LinearSwiGLU(norm(x))), value half · SiLU(gate)."""
+    value, gate = (_reference_rms_norm(x, norm_scale) @ w_up.T).chunk(2, dim=-1)
+    return x + (value * torch.nn.functional.silu(gate)) @ w_down.T
+
+
+def test_heads_gate_with_silu_as_the_reference():
+    import math
+
+    torch.manual_seed(0)
+    heads = FeatureHeads({"us3": 8})
+    for p in heads.parameters():  # every layer non-zero, so every gate matters
+        torch.nn.init.normal_(p, std=0.3)
+    t = torch.tensor([1.0, 261.0, 998.0])
+    c = heads.conditioner
+    # the reference conditioner: Fourier features of t / 999 → Linear → MappingNetwork
+    f = 2 * math.pi * (t[:, None] / 999.0) @ c.fourier.weight.T
+    x = torch.cat([f.cos(), f.sin()], dim=-1) @ c.proj.weight.T
+    x = _reference_rms_norm(x, c.norm_in.scale)
+    for block in c.blocks:
+        x = _reference_ffn(x, block.norm.scale, block.up.weight, block.down.weight)
+    cond = _reference_rms_norm(x, c.norm_out.scale)
+    torch.testing.assert_close(c(t), cond, rtol=1e-5, atol=1e-6)
+
+    # the reference head: 3 FeedForwardBlocks with AdaRMSNorm (scale 1 + Linear(cond)) per pixel
+    feats = torch.randn(3, 8, 4, 4)
+    h = feats.permute(0, 2, 3, 1).reshape(3, 16, 8)  # (B, h·w, C) as the reference's tokens
+    for block in heads.heads["us3"].blocks:
+        scale = 1 + (cond @ block.modulation.weight.T)[:, None, :]
+        h = _reference_ffn(h, scale, block.up.weight, block.down.weight)
+    expected = h.reshape(3, 4, 4, 8).permute(0, 3, 1, 2)
+    torch.testing.assert_close(heads({"us3": feats}, t)["us3"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_latent_is_one_posterior_sample_shared_by_teacher_and_student(tiny):
+    import copy
+
+    from training.objective import distillation_step
+
+    torch.manual_seed(0)
+    student = Student(copy.deepcopy(tiny.unet), "mid", 261.0)
+    teacher = Teacher(copy.deepcopy(tiny.vae), copy.deepcopy(tiny.unet), "mid")  # freezes them
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    eps = torch.randn(2, 4, 8, 8)
+    # the reference: diffusers' posterior sample μ + σ·ε, times SD's scaling factor
+    with torch.no_grad():
+        posterior = tiny.vae.encode(images.permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
+    expected = (posterior.mean + posterior.std * eps) * 0.18215
+    torch.testing.assert_close(teacher.latents(images, eps), expected, rtol=1e-5, atol=1e-5)
+    mean = teacher.latents(images)
+    torch.testing.assert_close(mean, posterior.mean * 0.18215, rtol=1e-5, atol=1e-5)
+
+    seen = {}
+
+    def recording(name, features):
+        def record(latent, *args):
+            seen[name] = latent
+            return features(latent, *args)
+
+        return record
+
+    teacher.features = recording("teacher", teacher.features)
+    student.features = recording("student", student.features)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    t, noise = torch.tensor([100, 500, 900, 100, 500, 900]), torch.randn(6, 4, 8, 8)
+    distillation_step(
+        teacher, student, optimizer, scheduler, images, tiny.context, t, noise,
+        contextlib.nullcontext(), eps,
+    )  # fmt: skip
+    sample = teacher.latents(images, eps)
+    torch.testing.assert_close(seen["student"], sample)  # the clean sample, once per image
+    torch.testing.assert_close(seen["teacher"], sample.repeat_interleave(3, 0))  # same, per bin
+    assert (sample - mean).abs().max() > 1e-3
 
 
 def test_sampler_is_a_function_of_step_and_shards_ranks():
@@ -214,6 +329,7 @@ def test_failed_write_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch)
 # ---------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_loss_falls_and_cosine_rises(photos, tmp_path):
     out = tmp_path / "run"
     result = train(config(photos, out, steps=10, val_every=10))
@@ -228,6 +344,7 @@ def test_loss_falls_and_cosine_rises(photos, tmp_path):
     assert first["images_per_s"] > 0 and first["peak_memory_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_resume_after_signal_reproduces_uninterrupted_run(photos, straight_run, tmp_path):
     out_a, straight = straight_run
     out_b = tmp_path / "interrupted"
@@ -258,6 +375,64 @@ def test_resume_after_signal_reproduces_uninterrupted_run(photos, straight_run, 
     ]
 
 
+def test_first_step_runs_at_lr_zero_from_bf16_rounded_weights(photos, tmp_path, monkeypatch):
+    import training.distill as distill
+    from cleandift_rt.models import load_model
+
+    eps_seen = []
+    step = distill.distillation_step
+
+    def recording_step(*args):
+        eps_seen.append(args[-1])
+        return step(*args)
+
+    monkeypatch.setattr(distill, "distillation_step", recording_step)
+    original = load_model("tiny").unet.state_dict()
+    for rounded, latent in ((True, "sample"), (False, "mean")):
+        out = tmp_path / latent
+        result = train(
+            config(photos, out, steps=1, warmup=2, init_bf16_round=rounded, latent=latent)
+        )
+        state, meta = read_tensors(result.unet_file)
+        # lr 0 at the first step: the student is still its initial weights, bit for bit
+        for key, value in original.items():
+            expected = value.to(torch.bfloat16).float() if rounded else value
+            assert torch.equal(state[key], expected), key
+        assert result.timestep == 261.0 and records(out, "train")[0]["lr"] == 0.0
+        recipe = json.loads(meta["recipe"])
+        assert recipe["latent"] == latent and recipe["init_bf16_round"] is rounded
+        assert recipe["revision"] == 2
+    sample_eps, mean_eps = eps_seen
+    assert sample_eps.shape == (2, 4, 8, 8) and mean_eps is None
+    assert any(
+        not torch.equal(v, v.to(torch.bfloat16).float()) for v in original.values()
+    )  # the rounding is not a no-op on these weights
+
+
+def test_checkpoint_of_the_older_recipe_is_refused_in_one_line(
+    photos, straight_run, tmp_path, capsys
+):
+    from safetensors.torch import save_file
+
+    out_a, _ = straight_run
+    ((_, path),) = list_checkpoints(out_a)
+    tensors, meta = read_tensors(path)
+    state = json.loads(meta["state"])
+    for key in ("revision", "latent", "init_bf16_round"):  # what revision-1 runs did not write
+        del state["config"][key]
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    save_file(tensors, str(old / "checkpoints" / path.name), {**meta, "state": json.dumps(state)})
+    args = ["--teacher", "tiny", "--data", str(photos), "--out", str(old), "--resume"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--steps", "6", "--resolution", "64", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: checkpoint ") and "recipe revision 1" in err[0]
+    assert "new --out" in err[0]
+
+
+@pytest.mark.slow
 def test_student_files_load_strictly_and_through_from_pretrained(straight_run):
     from diffusers import UNet2DConditionModel
 
@@ -310,6 +485,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(photos, straight_run, tmp_path):
     out_a, _ = straight_run
     out = tmp_path / "ddp"
@@ -338,6 +514,7 @@ def test_two_process_gloo_run_matches_single_process(photos, straight_run, tmp_p
     np.testing.assert_allclose(ddp_losses, single, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_exported_student_file_goes_through_cleandift_rt_export(straight_run, tmp_path):
     import onnx  # noqa: F401  (the export test dependency; missing → fail, not skip)
 
@@ -357,6 +534,7 @@ def test_exported_student_file_goes_through_cleandift_rt_export(straight_run, tm
     assert json.loads(sidecar.read_text())["timestep"] == pytest.approx(result.timestep)
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_matches_and_bf16_runs(photos, straight_run, tmp_path):
     out_a, _ = straight_run
     checkpointed = train(config(photos, tmp_path / "ckpt", steps=2, grad_checkpointing=True))
@@ -367,6 +545,7 @@ def test_grad_checkpointing_matches_and_bf16_runs(photos, straight_run, tmp_path
     assert bf16.step == 2 and np.isfinite(bf16.loss)
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_cli_saves_a_resumable_checkpoint(photos, tmp_path):
     import time
 
@@ -402,3 +581,24 @@ def test_ctrl_c_on_the_cli_saves_a_resumable_checkpoint(photos, tmp_path):
     assert "rerun with --resume" in stderr and "Traceback" not in stderr
     ((step, _),) = list_checkpoints(out)
     assert step >= 2 and latest_state(out).step == step
+
+
+def test_init_from_heads_of_the_older_recipe_warns(straight_run, tmp_path):
+    import copy
+
+    from safetensors.torch import save_file
+
+    from cleandift_rt.models import load_model
+    from training.student_init import init_student
+
+    _, result = straight_run
+    tensors, meta = read_tensors(result.full_file)
+    recipe = json.loads(meta["recipe"])
+    del recipe["revision"]  # as written before the reference recipe (GELU mapping gate)
+    old = tmp_path / "old_full.safetensors"
+    save_file(tensors, str(old), {**meta, "recipe": json.dumps(recipe)})
+    for path, warned in ((result.full_file, False), (old, True)):
+        student = Student(copy.deepcopy(load_model("tiny").unet), "mid,us3", 261.0)
+        lines = []
+        init_student(student, path, lines.append)
+        assert any(line.startswith("warning: ") and "GELU" in line for line in lines) is warned

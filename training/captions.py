@@ -13,19 +13,24 @@ from pathlib import Path
 import torch
 
 from cleandift_rt.errors import ModelError
-from cleandift_rt.models.hub import WEIGHT_PATTERNS, snapshot
+from cleandift_rt.models.hub import WEIGHT_PATTERNS, looks_like_repo_id, snapshot
 from cleandift_rt.models.presets import PRESETS
 
 
 def text_encoder_folder(teacher: str) -> Path | None:
     """Folder with ``text_encoder/`` and ``tokenizer/`` for a teacher name, or None if it has none
-    (``tiny``, ``random:*``). Presets download the text files into the Hugging Face cache."""
+    (``tiny``, ``random:*``). Presets and hub ids download the text files into the Hugging Face
+    cache."""
     preset = PRESETS.get(teacher)
     if preset is not None:
-        return None if preset.base is None else snapshot(preset.base, WEIGHT_PATTERNS["text"])
+        if preset.base is None:
+            return None
+        return snapshot(preset.base, WEIGHT_PATTERNS["text"]).folder
     path = Path(teacher).expanduser()
     if path.is_dir():
         return path if (path / "text_encoder").is_dir() else None
+    if looks_like_repo_id(teacher):
+        return snapshot(teacher, WEIGHT_PATTERNS["text"]).folder
     return None
 
 

@@ -3,7 +3,11 @@
     python -m training.distill --teacher sd21 --data photos/ --out runs/sd21
     torchrun --nproc_per_node 8 -m training.distill --teacher sd21 --data photos/ --out runs/sd21
 
-The recipe (../shared/FACTS.md, "Distillation recipe") with every value a flag. Writes to --out:
+The recipe (../shared/FACTS.md, "Distillation recipe") with every value a flag, by default
+exactly CompVis/cleandift's released training code: SwiGLU heads, a VAE posterior sample per
+image for teacher and student (``--latent``), teacher bins ⌊1 + (k + u)·998/3⌋ (999 never
+drawn), constant-with-warmup lr starting at 0, and teacher and student initialised from the
+bf16-rounded U-Net (``--init-bf16-round``). Writes to --out:
 ``checkpoints/step-*.safetensors`` (resume state, every --save-every steps and on SIGINT /
 SIGTERM), ``metrics.jsonl`` (+ ``tensorboard/`` when installed), and at the end
 ``<name>_unet.safetensors`` (diffusers U-Net keys; learned timestep, base and recipe in the
@@ -29,11 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cleandift_rt.cli.common import run_console
+from cleandift_rt.console import run_console
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.checkpoint import save_student_checkpoint, save_unet_file
 from cleandift_rt.models.featurenet import INPUT_MULTIPLE
+from cleandift_rt.protocol import DIFT_TIMESTEP
 
 from . import ddp
 from .captions import CaptionEncoder, text_encoder_folder
@@ -48,22 +53,26 @@ from .data import (
 )
 from .metrics import MetricsLogger, peak_memory_bytes
 from .objective import (
+    LATENT_MODES,
     T_MAX,
     Student,
     Teacher,
     bin_edges,
+    constant_with_warmup,
     cosine_loss,
     distillation_step,
+    round_to_bf16_,
     step_generator,
     stratified_timesteps,
 )
-from .state import latest_state, list_checkpoints, restore_rng, save_state
+from .state import STATE_FORMAT, latest_state, list_checkpoints, read_state, restore_rng, save_state
 from .stop import StopFlag, report_run
+from .student_init import init_student
 
 # --teacher short names → load_model names (the teacher is the *base* SD U-Net)
 TEACHERS = {"sd21": "sd21-base", "sd15": "sd15-base", "toy": "toy-base", "tiny": "tiny"}
 DISTILLED_TAPS = "mid," + ",".join(f"us{i}" for i in range(1, 11))  # K = 11; us11/us12 are not
-INIT_TIMESTEP = 261.0
+INIT_TIMESTEP = float(DIFT_TIMESTEP)
 # flags that must equal the checkpoint's on --resume (steps, logging and saving may change)
 RECIPE_KEYS = (
     "teacher",
@@ -78,10 +87,17 @@ RECIPE_KEYS = (
     "precision",
     "init_timestep",
     "teacher_t_max",
+    "base",
     "val_images",
     "min_size",
     "captions",
+    "latent",
+    "init_bf16_round",
 )
+# the recipe's revision, saved with it: 2 = the reference's SwiGLU mapping gate, posterior-sample
+# latents, bins over [1, t_max), warm-up from lr 0 and bf16-rounded initial U-Net weights;
+# checkpoints without one are revision 1 (they cannot resume: their heads gate differently)
+RECIPE_REVISION = 2
 
 
 @dataclass
@@ -106,6 +122,9 @@ class TrainConfig:
     compile: bool = False
     grad_checkpointing: bool = False
     resume: bool = False
+    resume_from: str | None = None
+    init_from: str | None = None
+    base: str | None = None
     log_every: int = 10
     save_every: int = 100
     keep: int = 3
@@ -116,6 +135,8 @@ class TrainConfig:
     captions: bool = True
     init_timestep: float = INIT_TIMESTEP
     teacher_t_max: int = T_MAX
+    latent: str = "sample"
+    init_bf16_round: bool = True
     device: str = "auto"
     name: str | None = None
     tensorboard: bool = True
@@ -159,6 +180,8 @@ def _check(cfg: TrainConfig, world: int) -> None:
         raise CleanDIFTError(f"--lr must be positive (got {cfg.lr})")
     if cfg.resolution is not None and (cfg.resolution < 64 or cfg.resolution % INPUT_MULTIPLE):
         raise CleanDIFTError(f"--resolution must be a multiple of 64 (got {cfg.resolution})")
+    if cfg.latent not in LATENT_MODES:
+        raise CleanDIFTError(f"--latent must be sample or mean (got {cfg.latent!r})")
     if cfg.precision not in ("fp32", "bf16"):
         raise CleanDIFTError(f"--precision must be fp32 or bf16 (got {cfg.precision})")
     if cfg.batch_size % world:
@@ -176,16 +199,26 @@ def _recipe(cfg: TrainConfig, resolution: int) -> dict:
     recipe = {k: getattr(cfg, k) for k in RECIPE_KEYS}
     recipe["data"] = str(Path(cfg.data).resolve())
     recipe["resolution"] = resolution
+    recipe["revision"] = RECIPE_REVISION
     return recipe
 
 
-# recipe keys added later, with the value that checkpoints written before them used
-RECIPE_ADDED = {"teacher_t_max": T_MAX}
-
-
 def _check_resume(saved: dict, recipe: dict, path: Path) -> None:
+    revision = saved.get("revision", 1)
+    if revision != RECIPE_REVISION:
+        what = (
+            " (GELU mapping gate, bins over [1, t_max + 1), warm-up from lr/warmup, "
+            "posterior-mean latents, fp32 initial weights)"
+            if revision == 1
+            else ""
+        )
+        raise CleanDIFTError(
+            f"checkpoint {path} was written by distillation recipe revision {revision}{what} and "
+            f"cannot continue under revision {RECIPE_REVISION}: finish it with the release that "
+            "wrote it, or use a new --out"
+        )
     for key in RECIPE_KEYS:
-        value = saved.get(key, RECIPE_ADDED.get(key))
+        value = saved.get(key)
         if value != recipe[key]:
             raise CleanDIFTError(
                 f"--{key.replace('_', '-')} {recipe[key]!r} differs from the checkpoint's "
@@ -210,6 +243,41 @@ def _expand(context: torch.Tensor, bins: int) -> torch.Tensor:
     return context if context.shape[0] == 1 else context.repeat_interleave(bins, dim=0)
 
 
+def _is_train_state(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == STATE_FORMAT
+    except Exception:
+        return False  # read_student_file gives the one-line reason
+
+
+def _starting_point(cfg: TrainConfig, out: Path):
+    """(training state to resume or None, student file to initialise from or None)."""
+    if sum(map(bool, (cfg.resume, cfg.resume_from, cfg.init_from))) > 1:
+        raise CleanDIFTError("give at most one of --resume, --resume-from and --init-from")
+    start = cfg.resume_from or cfg.init_from
+    if start is not None and not Path(start).is_file():
+        raise CleanDIFTError(f"'{start}' does not exist (a checkpoint or a .safetensors file)")
+    held = list_checkpoints(out)
+    if cfg.resume:
+        state = latest_state(out)
+        if state is None:
+            raise CleanDIFTError(f"no checkpoint in '{out / 'checkpoints'}' to resume from")
+        return state, None
+    if cfg.resume_from and _is_train_state(Path(cfg.resume_from)):
+        state = read_state(Path(cfg.resume_from))
+        if held and Path(cfg.resume_from).resolve() not in [p.resolve() for _, p in held]:
+            raise CleanDIFTError(f"'{out}' already holds other checkpoints: use another --out")
+        return state, None
+    if held:
+        raise CleanDIFTError(
+            f"'{out}' already holds checkpoints: pass --resume to continue, or another --out"
+        )
+    return None, start  # a student file (weights, timestep, heads; a fresh optimiser)
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -225,7 +293,8 @@ def validate(
     context: torch.Tensor,
 ) -> dict[str, float]:
     """Mean cosine per tap between head(student) and teacher on held-out images (V, R, R, 3),
-    at each bin's centre timestep with fixed noise (seeded): comparable across steps."""
+    at each bin's centre timestep with fixed noise and, for ``--latent sample``, fixed posterior
+    samples (seeded): comparable across steps."""
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     edges = bin_edges(cfg.bins, cfg.teacher_t_max)
     centres = ((edges[:-1] + edges[1:]) / 2).floor().long()
@@ -236,10 +305,12 @@ def validate(
         batch = images[start : start + chunk]
         n = batch.shape[0]
         ctx = context if context.shape[0] == 1 else context[start : start + chunk]
+        hw = batch.shape[1] // teacher.encoder.stride
+        noise = torch.randn((n * cfg.bins, 4, hw, hw), generator=gen).to(device)
+        eps = torch.randn((n, 4, hw, hw), generator=gen).to(device)
         with _autocast(cfg, device):
-            latent = teacher.latents(batch)
+            latent = teacher.latents(batch, eps if cfg.latent == "sample" else None)
             t = centres.repeat(n).to(device)
-            noise = torch.randn((n * cfg.bins, *latent.shape[1:]), generator=gen).to(device)
             target = teacher.features(
                 latent.repeat_interleave(cfg.bins, 0), noise, t, _expand(ctx, cfg.bins)
             )
@@ -270,21 +341,13 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
         if ctx.is_main:
             tqdm.write(message, file=sys.stderr)
 
-    state = None
-    if cfg.resume:
-        state = latest_state(out)
-        if state is None:
-            raise CleanDIFTError(f"no checkpoint in '{out / 'checkpoints'}' to resume from")
-    elif list_checkpoints(out):
-        raise CleanDIFTError(
-            f"'{out}' already holds checkpoints: pass --resume to continue, or another --out"
-        )
+    state, init_file = _starting_point(cfg, out)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     teacher_name = TEACHERS.get(cfg.teacher, cfg.teacher)
-    loaded = load_model(teacher_name)
+    loaded = load_model(teacher_name, base=cfg.base)
     resolution = cfg.resolution or loaded.resolution
     recipe = _recipe(cfg, resolution)
     if state is not None:
@@ -299,24 +362,26 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
             f"skipped {report.skipped} files: {len(report.unreadable)} unreadable, "
             f"{len(report.too_small)} smaller than {cfg.min_size} px"
         )
-    contexts = _context_fn(cfg, ctx, loaded, teacher_name, paths, log)
+    contexts = _context_fn(cfg, ctx, loaded, cfg.base or teacher_name, paths, log)
 
     if ctx.device.type == "cuda" and cfg.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference's fp32 + TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)  # heads' initial weights depend on the seed only
+    if cfg.init_bf16_round:
+        round_to_bf16_(loaded.unet)  # the teacher and the student's starting point alike
     student_unet = copy.deepcopy(loaded.unet)
-    student = Student(student_unet, cfg.taps, cfg.init_timestep).to(ctx.device).train()
+    student = Student(student_unet, cfg.taps, cfg.init_timestep)
+    if init_file is not None:
+        init_student(student, init_file, log)
+    student = student.to(ctx.device).train()
     student.requires_grad_(True)
     teacher = Teacher(loaded.vae, loaded.unet, cfg.taps).to(ctx.device)
     if cfg.grad_checkpointing:
         student.unet.enable_gradient_checkpointing()
 
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    warmup = cfg.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-    )
+    scheduler = constant_with_warmup(optimizer, cfg.warmup)
     step = 0
     if state is not None:
         student.load_state_dict(state.model, strict=True)
@@ -385,15 +450,19 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
             k = cfg.bins
             t_all = stratified_timesteps(cfg.batch_size, k, gen, cfg.teacher_t_max)
             noise_all = torch.randn((cfg.batch_size * k, 4, latent_hw, latent_hw), generator=gen)
+            eps_all = torch.randn((cfg.batch_size, 4, latent_hw, latent_hw), generator=gen)
             mine = slice(ctx.rank * per_rank * k, (ctx.rank + 1) * per_rank * k)
+            my_images = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
             t = t_all[mine].to(ctx.device, non_blocking=True)
             noise = noise_all[mine].to(ctx.device, non_blocking=True)
+            eps = eps_all[my_images].to(ctx.device) if cfg.latent == "sample" else None
             images = batch["image"].to(ctx.device, non_blocking=True)
             context = contexts(batch["caption"])
             skipped += batch["skipped"]
 
+            lr = optimizer.param_groups[0]["lr"]  # this step's (the scheduler then moves on)
             loss, cos = distillation_step(
-                teacher, model, optimizer, scheduler, images, context, t, noise, autocast
+                teacher, model, optimizer, scheduler, images, context, t, noise, autocast, eps
             )
             step += 1
             images_seen += cfg.batch_size
@@ -413,7 +482,7 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
                     "cos": dict(zip(cos, values[1:])),
                     "loss_per_tap": {tap: -v for tap, v in zip(cos, values[1:])},
                     "timestep": float(student.timestep.detach()),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "images_per_s": ips,
                     "peak_memory_bytes": peak_memory_bytes(ctx.device),
                     "images_seen": images_seen,
@@ -451,11 +520,8 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
     )
     if ctx.is_main and not interrupted:
         name = cfg.name or _default_name(cfg.teacher)
-        base = (
-            teacher_name
-            if not Path(teacher_name).expanduser().exists()
-            else str(Path(teacher_name).resolve())
-        )
+        source = cfg.base or teacher_name  # the pipeline the teacher really came from
+        base = source if not Path(source).expanduser().exists() else str(Path(source).resolve())
         extra = {"recipe": recipe, "steps": step, "producer": "cleandift-rt training.distill"}
         unet_file, full_file = out / f"{name}_unet.safetensors", out / f"{name}_full.safetensors"
         save_unet_file(unet_file, student.unet, float(student.timestep.detach()), base, extra)
@@ -485,7 +551,9 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
 @click.option("--batch-size", type=int, default=8, help="Images per step (global, all processes).")
 @click.option("--resolution", type=int, default=None, help="Square input (px); default: teacher's.")
 @click.option("--lr", type=float, default=1e-5, help="Adam learning rate after warm-up.")
-@click.option("--warmup", type=int, default=2000, help="Linear warm-up steps.")
+@click.option(
+    "--warmup", type=int, default=2000, help="Linear warm-up steps (lr 0 at the first step)."
+)
 @click.option("--bins", type=int, default=3, help="Teacher timestep bins (noisy copies per image).")
 @click.option("--taps", default=DISTILLED_TAPS, help="Distilled taps.")
 @click.option("--seed", type=int, default=0, help="Seed of weights init, data order and noise.")
@@ -493,6 +561,23 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the U-Nets.")
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=False)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option(
+    "--resume-from",
+    default=None,
+    help="Continue from this training checkpoint (step-*.safetensors); a student file "
+    "(as --init-from) starts from its weights with a fresh optimiser.",
+)
+@click.option(
+    "--init-from",
+    default=None,
+    help="Start from a student file: CompVis' *_full (U-Net, learned timestep, heads), "
+    "this project's *_full, or a *_unet file (fresh heads).",
+)
+@click.option(
+    "--base",
+    default=None,
+    help="Replace the teacher's base pipeline (a hub preset's) with a diffusers folder or hub id.",
+)
 @click.option("--log-every", type=int, default=10, help="Steps between metric records.")
 @click.option("--save-every", type=int, default=100, help="Steps between checkpoints.")
 @click.option("--keep", type=int, default=3, help="Checkpoints kept (0: all).")
@@ -506,7 +591,20 @@ def _train(cfg: TrainConfig, ctx: ddp.Dist, on_step) -> TrainResult:
     "--teacher-t-max",
     type=int,
     default=T_MAX,
-    help="Largest teacher timestep: the bins split [1, this] (the recipe: 999).",
+    help="Teacher timesteps: the bins split [1, this), this never drawn (the recipe: 999).",
+)
+@click.option(
+    "--latent",
+    type=click.Choice(LATENT_MODES),
+    default="sample",
+    help="Training latents: one VAE posterior sample per image, shared by teacher and student "
+    "(the recipe), or the posterior mean (inference always uses the mean).",
+)
+@click.option(
+    "--init-bf16-round/--no-init-bf16-round",
+    default=True,
+    help="Start teacher and student from the U-Net rounded to bf16 (the reference loads it in "
+    "bf16 and trains in fp32).",
 )
 @click.option("--device", default="auto", help="auto, cpu, cuda[:N] (torchrun: per local rank).")
 @click.option("--name", default=None, help="Student file prefix; default cleandift_<teacher>.")

@@ -4,10 +4,12 @@ At training time every distilled tap gets a light head that maps the student's c
 the teacher's noisy feature at teacher timestep t. The heads are dropped at inference.
 
     t (B,) in [1, 999] → t / 999 → Fourier features (256) → Linear 256→256 (no bias)
-        → mapping network (RMSNorm, 2 GEGLU feed-forward blocks d_ff 768, RMSNorm) → cond (B, 256)
+        → mapping network (RMSNorm, 2 SwiGLU feed-forward blocks d_ff 768, RMSNorm) → cond (B, 256)
     head(x, cond): 3 × [x + down(SwiGLU(up(AdaRMSNorm(x, cond))))], over channels of x (B, C, h, w)
 
-Every modulation and down-projection is zero-initialised, so each head starts as the identity.
+SwiGLU(z) = a · SiLU(g) with (a, g) the first and second halves of z (as CompVis/cleandift's
+``layers.py``: the mapping network and the heads gate alike). Every modulation and
+down-projection is zero-initialised, so each head starts as the identity.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor | None = None, eps: float = 1e
     if scale is not None:
         out = out * scale.float()
     return out.to(x.dtype)
+
+
+def swiglu(z: torch.Tensor) -> torch.Tensor:
+    """(..., 2n) → (..., n): first half times SiLU of the second half."""
+    a, gate = z.chunk(2, dim=-1)
+    return a * F.silu(gate)
 
 
 def zero_linear(n_in: int, n_out: int, bias: bool = False) -> nn.Linear:
@@ -69,7 +77,8 @@ class FourierFeatures(nn.Module):
 
 
 class MappingFeedForward(nn.Module):
-    """x + down(GEGLU(up(RMSNorm(x)))), width → d_ff → width; down zero-initialised."""
+    """x + down(SwiGLU(up(RMSNorm(x)))) over (B, width): width → 2·d_ff → d_ff → width, no
+    biases; down zero-initialised."""
 
     def __init__(self, width: int = COND_WIDTH, d_ff: int = MAPPING_FF):
         super().__init__()
@@ -78,8 +87,7 @@ class MappingFeedForward(nn.Module):
         self.down = zero_linear(d_ff, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, gate = self.up(self.norm(x)).chunk(2, dim=-1)
-        return x + self.down(a * F.gelu(gate))
+        return x + self.down(swiglu(self.up(self.norm(x))))
 
 
 class TimestepConditioner(nn.Module):
@@ -117,8 +125,7 @@ class HeadBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale = 1.0 + self.modulation(cond)[:, None, None, :]  # (B, 1, 1, C)
-        a, gate = self.up(rms_norm(x, scale)).chunk(2, dim=-1)
-        return x + self.down(a * F.silu(gate))
+        return x + self.down(swiglu(self.up(rms_norm(x, scale))))
 
 
 class ProjectionHead(nn.Module):

@@ -2,12 +2,17 @@
 
 Per step, for B clean images and K timestep bins:
 
-    latent x0 = VAE-encoder mean × 0.18215                    (B, 4, h, w)   frozen, no grad
-    t_k ~ U(bin k of [1, 999]) per image and bin              (B·K,)         stratified
+    latent x0 = (μ + σ·η) × 0.18215, one posterior sample      (B, 4, h, w)   frozen, no grad
+                per image shared by teacher and student (``--latent mean``: x0 = μ × 0.18215)
+    t_k = ⌊1 + (k + u)·(t_max − 1)/K⌋, u ~ U[0, 1)             (B·K,)         stratified
     teacher taps at x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε      {tap: (B·K, C, h_tap, w_tap)}
     student taps at x0 and the learned timestep                {tap: (B, C, h_tap, w_tap)}
         → repeated per bin → head(feature, t_k)                {tap: (B·K, C, h_tap, w_tap)}
     loss = Σ_taps −mean(cos over channels)                    (scalar)
+
+This is CompVis/cleandift's ``StableFeatureAligner.forward`` (t_max = 999: bins [1, 333],
+[333, 666], [666, 998]; 999 is never drawn). Inference keeps the posterior mean (FeatureNet):
+one deterministic pass, the reference's evaluation choice.
 
 Both sides use ``cleandift_rt``'s ``TruncatedUNet``, so the distilled taps are exactly the taps
 the runtime reads, and nothing after the deepest tap runs.
@@ -28,7 +33,19 @@ from cleandift_rt.models.unet import TruncatedUNet
 
 from .heads import FeatureHeads
 
-T_MIN, T_MAX = 1, NUM_TRAIN_TIMESTEPS - 1  # teacher timesteps are drawn from [1, 999]
+T_MIN, T_MAX = 1, NUM_TRAIN_TIMESTEPS - 1  # teacher timesteps are drawn from [1, 999)
+LATENT_MODES = ("sample", "mean")  # training latents: a VAE posterior sample (the recipe) or mean
+
+
+def round_to_bf16_(module: nn.Module) -> nn.Module:
+    """Round every floating parameter and buffer of ``module`` to bfloat16 and back, in place
+    (dtype unchanged): the reference loads its pipeline in bf16 and copies the U-Net into fp32
+    teacher and student, so both start from bf16-representable weights."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(torch.bfloat16))
+    return module
 
 
 class Student(nn.Module):
@@ -85,9 +102,16 @@ class Teacher(nn.Module):
         self.unet = torch.compile(self.unet, **kwargs)
 
     @torch.no_grad()
-    def latents(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, R, R, 3) → clean latent (B, 4, R/8, R/8), posterior mean × scaling factor."""
-        return self.encoder(images_to_unit_range(images, torch.float32))
+    def latents(self, images: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, R, R, 3) → clean latent (B, 4, R/8, R/8) × scaling factor: the posterior
+        sample μ + σ·eps for standard-normal ``eps`` (B, 4, R/8, R/8), or μ when ``eps`` is None.
+        """
+        x = images_to_unit_range(images, torch.float32)
+        if eps is None:
+            return self.encoder(x)
+        mean, logvar = self.encoder.moments(x)
+        sample = mean + torch.exp(0.5 * logvar) * eps.to(mean.dtype)
+        return sample * self.encoder.scaling_factor
 
     @torch.no_grad()
     def features(
@@ -99,19 +123,28 @@ class Teacher(nn.Module):
 
 
 def bin_edges(bins: int, t_max: int = T_MAX) -> torch.Tensor:
-    """(bins + 1,) float64 edges of ``bins`` equal-width teacher timestep bins over [1, t_max]."""
-    return torch.linspace(T_MIN, t_max + 1, bins + 1, dtype=torch.float64)
+    """(bins + 1,) float64 edges of ``bins`` equal-width teacher timestep bins over [1, t_max)."""
+    return torch.linspace(T_MIN, t_max, bins + 1, dtype=torch.float64)
 
 
 def stratified_timesteps(
     batch: int, bins: int, generator: torch.Generator, t_max: int = T_MAX
 ) -> torch.Tensor:
-    """(batch·bins,) int64 teacher timesteps, image-major: one uniform draw in each of ``bins``
-    equal-width bins over [1, t_max] per image (the recipe: t_max = 999)."""
+    """(batch·bins,) int64 teacher timesteps, image-major: per image and bin k < ``bins``,
+    ⌊1 + (k + u)·(t_max − 1)/bins⌋ with u ~ U[0, 1) (the reference's rule). For 3 bins and
+    t_max 999: [1, 333], [333, 666], [666, 998]; t_max itself is never drawn."""
     edges = bin_edges(bins, t_max)
     u = torch.rand(batch, bins, generator=generator, dtype=torch.float64)
     t = edges[:-1] + u * (edges[1:] - edges[:-1])
-    return t.floor().clamp(T_MIN, t_max).long().reshape(-1)
+    return t.floor().clamp(T_MIN, max(T_MIN, t_max - 1)).long().reshape(-1)
+
+
+def constant_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr × min(1, s / warmup) at optimiser step s = 0, 1, … (lr 0 at the first step; constant
+    lr when ``warmup`` is 0): transformers' ``constant_with_warmup``, the reference's schedule."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s / warmup if s < warmup else 1.0)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -141,14 +174,17 @@ def distillation_step(
     t: torch.Tensor,
     noise: torch.Tensor,
     autocast,
+    latent_eps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser step on uint8 images (B, R, R, 3), context (1 or B, L, D), teacher
     timesteps t (B·K,) int and noise (B·K, 4, R/8, R/8). ``student``: a ``Student`` or its DDP
-    wrapper; ``autocast``: a context manager (bf16 autocast or nullcontext).
+    wrapper; ``autocast``: a context manager (bf16 autocast or nullcontext); ``latent_eps``
+    (B, 4, R/8, R/8): the posterior sample's standard-normal draw (None: posterior mean), one
+    per image, shared by its K teacher copies and the student.
     Returns the loss (scalar, graph-free) and the mean cosine per tap."""
     bins = t.shape[0] // images.shape[0]
     with autocast:
-        latent = teacher.latents(images)
+        latent = teacher.latents(images, latent_eps)
         teacher_context = context if context.shape[0] == 1 else context.repeat_interleave(bins, 0)
         target = teacher.features(latent.repeat_interleave(bins, 0), noise, t, teacher_context)
         pred = student(latent, context, t)

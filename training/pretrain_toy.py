@@ -23,10 +23,7 @@ accept, with ``pretrain.json`` (recipe, losses, seconds per phase).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import sys
 import time
 import warnings
@@ -42,6 +39,7 @@ from tqdm import tqdm
 
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.extractor import resolve_device
+from cleandift_rt.files import atomic_path, write_json
 from cleandift_rt.models.checkpoint import atomic_save
 from cleandift_rt.models.configs import CONTEXT_TOKENS, scaled_unet_config, scaled_vae_config
 from cleandift_rt.models.noise import NUM_TRAIN_TIMESTEPS, add_noise, sd_alphas_cumprod
@@ -202,15 +200,11 @@ def _check(cfg: PretrainConfig) -> None:
 def save_model_folder(out: Path, vae, unet, context, summary: dict) -> Path:
     """Write ``<out>/model`` (a diffusers SD folder) via a temp folder and a rename."""
     final = out / MODEL_DIR
-    tmp = out / f".{MODEL_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(tmp / "unet", safe_serialization=True)
-    vae.save_pretrained(tmp / "vae", safe_serialization=True)
-    atomic_save({"context": context}, tmp / STORED_EMBEDDING, {"prompt": ""})
-    (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        atomic_save({"context": context}, tmp / STORED_EMBEDDING, {"prompt": ""})
+        write_json(tmp / SUMMARY_FILE, summary)
     return final
 
 
@@ -381,7 +375,7 @@ def cli(as_json: bool, **flags) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cleandift_rt.cli.common import run_console
+    from cleandift_rt.console import run_console
 
     run_console(cli, argv, "python -m training.pretrain_toy")
 

@@ -137,7 +137,7 @@ def cli(out: str, crops: int, size: int, seed: int, images: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cleandift_rt.cli.common import run_console
+    from cleandift_rt.console import run_console
 
     run_console(cli, argv, "python -m training.toy_photos")
 

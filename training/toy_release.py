@@ -13,7 +13,6 @@ on every load.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import SafetensorError, safe_open
 
 from cleandift_rt.errors import CleanDIFTError, one_line
+from cleandift_rt.files import atomic_path, write_json
 from cleandift_rt.models.bundled import MANIFEST_FILE, TOY_DIR, sha256_of
 from cleandift_rt.models.checkpoint import UNET_FORMAT, atomic_save
 from cleandift_rt.models.prompt import STORED_EMBEDDING
@@ -47,28 +47,21 @@ def _write_manifest(dest: Path, manifest: dict) -> None:
     )
     manifest["files"] = {rel: sha256_of(dest / rel) for rel in files}
     manifest["stored_dtype"] = str(STORED_DTYPE).removeprefix("torch.")
-    tmp = dest / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, dest / MANIFEST_FILE)
+    write_json(dest / MANIFEST_FILE, manifest)
 
 
 def release_base(source: Path, dest: Path, command: str) -> Path:
     """Copy a pretrain_toy model folder into ``dest/toy-base`` in float16."""
     if not (source / "unet" / "config.json").is_file():
         raise CleanDIFTError(f"'{source}' is not a pretrain_toy model folder (unet/, vae/)")
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".{BASE_ENTRY}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
-        net = cls.from_pretrained(source, subfolder=sub, use_safetensors=True)
-        net.to(STORED_DTYPE).save_pretrained(tmp / sub, safe_serialization=True)
-    shutil.copy2(source / STORED_EMBEDDING, tmp / STORED_EMBEDDING)
-    summary = json.loads((source / SUMMARY_FILE).read_text())
-    shutil.copy2(source / SUMMARY_FILE, tmp / SUMMARY_FILE)
     final = dest / BASE_ENTRY
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+            net = cls.from_pretrained(source, subfolder=sub, use_safetensors=True)
+            net.to(STORED_DTYPE).save_pretrained(tmp / sub, safe_serialization=True)
+        shutil.copy2(source / STORED_EMBEDDING, tmp / STORED_EMBEDDING)
+        summary = json.loads((source / SUMMARY_FILE).read_text())
+        shutil.copy2(source / SUMMARY_FILE, tmp / SUMMARY_FILE)
     manifest = _manifest(dest)
     manifest["provenance"][BASE_ENTRY] = {"command": command, "summary": summary}
     _write_manifest(dest, manifest)
@@ -117,7 +110,7 @@ def cli(kind: str, source: str, command: str, dest: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cleandift_rt.cli.common import run_console
+    from cleandift_rt.console import run_console
 
     run_console(cli, argv, "python -m training.toy_release")
 

@@ -10,22 +10,26 @@ import torch
 from ..errors import InputSizeError
 from ..models.featurenet import INPUT_MULTIPLE
 
-# artifact precision name → dtype of its outputs
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: the batch range of a runner that takes any batch size
+ANY_BATCH = (1, 2**31 - 1)
 
 
 @runtime_checkable
 class Runner(Protocol):
     """Executes one FeatureNet function.
 
-    taps: output names in order; strides / channels: per tap; input_size: (H, W) the runner
-    accepts, or None for any multiple of 64; device: where outputs live.
+    name: its registry name (or alias); taps: output names in order; strides / channels: per
+    tap; input_size: (H, W) the runner accepts, or None for any multiple of 64; batch_range:
+    (smallest, largest) batch it takes (``ANY_BATCH`` when unbounded; callers pad a smaller
+    batch, see ``FeatureExtractor.extract_prepared``); device: where outputs live.
     """
 
+    name: str
     taps: tuple[str, ...]
     strides: dict[str, int]
     channels: dict[str, int]
     input_size: tuple[int, int] | None
+    batch_range: tuple[int, int]
     device: torch.device
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -47,6 +51,19 @@ def check_batch(images: np.ndarray | torch.Tensor, input_size: tuple[int, int] |
         )
     if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE or h == 0 or w == 0:
         raise InputSizeError(f"input {h}x{w} is not a multiple of {INPUT_MULTIPLE} px")
+
+
+def describe_artifact(runner: object, meta, device: torch.device) -> None:
+    """Set the Runner attributes of an artifact's runner from its sidecar ``meta``: meta,
+    device, dtype (of the outputs), taps, strides, channels, input_size, batch_range."""
+    from ..dtypes import DTYPES
+
+    runner.meta, runner.device, runner.dtype = meta, device, DTYPES[meta.precision]
+    runner.taps = tuple(t.name for t in meta.taps)
+    runner.strides = {t.name: t.stride for t in meta.taps}
+    runner.channels = {t.name: t.channels for t in meta.taps}
+    runner.input_size = (meta.height, meta.width)
+    runner.batch_range = tuple(meta.batch)
 
 
 def check_artifact_batch(images: np.ndarray | torch.Tensor, meta) -> None:

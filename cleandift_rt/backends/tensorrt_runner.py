@@ -27,7 +27,7 @@ import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
 from ..errors import CleanDIFTError, InputSizeError, one_line
-from .base import check_artifact_batch
+from .base import check_artifact_batch, describe_artifact
 
 log = logging.getLogger("cleandift_rt.tensorrt")
 
@@ -238,13 +238,8 @@ class TensorRTRunner:
             raise ArtifactError(reason)
 
         self.trt = trt
-        self.meta = meta
+        describe_artifact(self, meta, device)
         self.path = Path(path)
-        self.device = device
-        self.taps = tuple(t.name for t in meta.taps)
-        self.strides = {t.name: t.stride for t in meta.taps}
-        self.channels = {t.name: t.channels for t in meta.taps}
-        self.input_size = (meta.height, meta.width)
         self.input_name = meta.input_name
         self.cuda_graph = cuda_graph
         self.reuse_outputs = reuse_outputs

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..models.featurenet import FeatureNet
-from .base import check_batch
+from .base import ANY_BATCH, check_batch
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -48,6 +48,7 @@ class TorchRunner:
         self.strides = net.strides
         self.channels = net.channels
         self.input_size = input_size
+        self.batch_range = ANY_BATCH
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         check_batch(images, self.input_size)

@@ -6,8 +6,20 @@ from pathlib import Path
 
 import click
 
+from ..backends import registry
 from ..errors import CleanDIFTError
-from .common import check_suffix, command_line, emit, int_list, write_report
+from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
+from ..validation import (
+    check_device,
+    check_export_needs,
+    check_input_size,
+    check_model_name,
+    check_onnx_runs_here,
+    check_output_file,
+    check_output_folder,
+    split_taps,
+)
+from .common import command_line, emit, export_api, int_list, output_parent, write_report
 
 
 @click.command()
@@ -24,8 +36,8 @@ from .common import check_suffix, command_line, emit, int_list, write_report
     "--backends",
     default="torch",
     show_default=True,
-    help="BACKEND[-PRECISION],...: torch, onnx, aoti, trt × fp32, fp16, bf16 "
-    "(bare: fp16 on CUDA, fp32 on the CPU).",
+    help=f"BACKEND[-PRECISION],...: {', '.join(registry.names())} (or an alias such as trt) "
+    "× fp32, fp16, bf16 (bare: fp16 on CUDA, fp32 on the CPU).",
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
@@ -49,8 +61,8 @@ from .common import check_suffix, command_line, emit, int_list, write_report
     show_default=True,
     help="Time the DIFT baseline (fp32 eager, batch 1) in the same run.",
 )
-@click.option("--dift-t", type=click.IntRange(0, 999), default=261, show_default=True)
-@click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--dift-t", type=click.IntRange(0, 999), default=DIFT_TIMESTEP, show_default=True)
+@click.option("--dift-ensemble", type=click.IntRange(1), default=DIFT_ENSEMBLE, show_default=True)
 @click.option(
     "--matcher/--no-matcher",
     default=True,
@@ -113,17 +125,33 @@ def bench(
     import shutil
     import tempfile
 
+    check_model_name(model)
+    check_device(device)
+    tap_names = split_taps(taps)
+    sides = int_list(resolutions, "--resolutions")
+    for side in sides:
+        check_input_size(side, side)
+    backend_names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    for name in backend_names:  # what each backend needs, before anything is measured
+        backend, _, precision = name.partition("-")
+        spec = registry.get(backend)  # unknown names: one line suggesting the nearest
+        if spec.exportable:
+            check_export_needs(spec.name, precision, device, validate=False)
+        if spec.name == "onnx":
+            check_onnx_runs_here(precision, device, "the onnx backend")
+    check_output_file(out, "--out", (".json",))
+    check_output_file(plot, "--plot", (".png",))
+    check_output_folder(artifacts, "--artifacts")
+
     from ..bench import BenchSettings, format_table, plot_report, run_bench
 
-    check_suffix(out, ".json", "--out")
-    check_suffix(plot, ".png", "--plot")
     settings = BenchSettings(
         model=model,
-        taps=tuple(t for t in taps.split(",") if t),
+        taps=tap_names,
         device=device,
-        resolutions=int_list(resolutions, "--resolutions"),
+        resolutions=sides,
         batches=int_list(batches, "--batches"),
-        backends=tuple(b for b in backends.split(",") if b),
+        backends=backend_names,
         warmup=warmup,
         reps=reps,
         min_time=min_time,
@@ -141,12 +169,11 @@ def bench(
     built: dict[tuple, Path] = {}
 
     def build_artifact(backend: str, precision: str, res: int, batch: int) -> Path:
-        from export import ExportOptions, export_model  # lazily: the runtime never imports it
-
+        exporter = export_api()  # lazily: the runtime never imports export
         key = (backend, precision, res, batch)
         if key not in built:
-            fmt = {"onnx": "onnx", "aoti": "aoti", "trt": "engine"}[backend]
-            options = ExportOptions(
+            fmt = registry.get(backend, exportable=True).name
+            options = exporter.ExportOptions(
                 model=model,
                 taps=settings.taps,
                 height=res,
@@ -158,7 +185,7 @@ def bench(
                 device=device,
                 validate=False,
             )
-            built[key] = export_model(options, log=lambda _line: None)[0]
+            built[key] = exporter.export_model(options, log=lambda _line: None)[0]
         return built[key]
 
     command = command_line(click.get_current_context())
@@ -172,12 +199,14 @@ def bench(
     payload = report.to_dict()
     text = format_table(report)
     if plot is not None:
+        output_parent(plot)
         try:
             payload["plot"] = str(plot_report(report, plot))
         except OSError as exc:
             raise CleanDIFTError(f"cannot write '{plot}': {exc.strerror or exc}") from None
         text += f"\nwrote {plot}"
     if out is not None:
+        output_parent(out)
         payload["out"] = write_report(out, payload)
         text += f"\nwrote {out}"
     emit(payload, as_json, text)

@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
+from ..console import log_line
+from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
+from ..validation import (
+    check_base_name,
+    check_device,
+    check_model_name,
+    check_resolution,
+    check_single_tap,
+    check_timestep,
+    make_folder,
+    split_taps,
+)
 
 POLICY = click.Choice(["square", "fit"])
-
-
-def fail(message: str, code: int = 2):
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-    sys.exit(code)
-
-
-def run_console(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
-    """Run a click command as a console program and exit: user errors (``CleanDIFTError``, bad
-    options) → one ``error: ...`` line and status 2; Ctrl-C → status 130; anything else is a bug
-    and keeps its traceback."""
-    try:
-        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        code = 0
-    except click.ClickException as exc:
-        fail(exc.format_message())
-    except click.exceptions.Abort:
-        fail("aborted", 130)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except CleanDIFTError as exc:
-        fail(str(exc))
-    except BrokenPipeError:
-        code = 0
-    sys.exit(code or 0)
+RESIZE_FILTER = click.Choice(["area", "bicubic-pil"])  # imaging.RESIZE_FILTERS (cv2-free import)
 
 
 def emit(payload: dict, as_json: bool, text: str) -> None:
@@ -56,7 +41,13 @@ def model_options(taps_option: bool):
                 "diffusers folder, "
                 "hub id or CleanDIFT .safetensors file.",
             ),
-            click.option("--base", default=None, help="Base model of a bare *_unet.safetensors."),
+            click.option(
+                "--base",
+                default=None,
+                help="Replaces the base pipeline (VAE, configs, text encoder) of a hub preset "
+                "with a local diffusers folder or a hub id; names the base of a .safetensors "
+                "file that does not say (a preset, folder or hub id).",
+            ),
             click.option(
                 "--resolution",
                 type=int,
@@ -76,7 +67,7 @@ def model_options(taps_option: bool):
             ),
             click.option(
                 "--dtype",
-                type=click.Choice(["fp32", "fp16", "bf16"]),
+                type=click.Choice(PRECISIONS),
                 default=None,
                 help="Default: fp16 on CUDA, fp32 on CPU.",
             ),
@@ -113,25 +104,46 @@ def model_options(taps_option: bool):
     return wrap
 
 
-def open_extractor(
-    model, base, resolution, policy, device, dtype, timestep, taps, artifact=None, **dift_args
-):
-    """The extractor a command runs: an exported ``artifact``, else ``model`` (CleanDIFT's
-    single pass, or its DIFT baseline with ``dift=True, t=, ensemble=``); see build_extractor."""
-    from ..evaluation import build_extractor
+def check_model_options(
+    model: str | None,
+    base: str | None = None,
+    resolution: int | None = None,
+    policy: str = "square",
+    device: str | None = None,
+    timestep: float | None = None,
+    taps: str | None = None,
+    single_tap: bool = False,
+) -> None:
+    """Every model option checked from the arguments alone, before anything heavy is imported
+    (a bad name, size, timestep or tap list answers in a fraction of a second)."""
+    if model is not None:
+        check_model_name(model)
+    check_base_name(base)
+    check_resolution(resolution, policy)
+    check_device(device)
+    check_timestep(timestep, "--timestep")
+    if taps is not None:
+        (check_single_tap if single_tap else split_taps)(taps)
 
-    return build_extractor(
-        model,
-        taps,
-        artifact=artifact,
-        device=device,
-        dtype=dtype,
-        resolution=resolution,
-        policy=policy,
-        base=base,
-        timestep=timestep,
-        **dift_args,
-    )
+
+def output_parent(path: str) -> None:
+    """Create the folder of an output file when missing, saying so on stderr."""
+    from pathlib import Path
+
+    make_folder(Path(path).expanduser().parent, log_line)
+
+
+def export_api():
+    """The ``export`` package, imported on demand (the runtime never imports it): installed
+    as ``cleandift_rt.export`` from a wheel, the top-level ``export/`` folder in a checkout."""
+    import importlib
+    import importlib.util
+
+    name = "cleandift_rt.export" if importlib.util.find_spec("cleandift_rt.export") else "export"
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CleanDIFTError(f"the export tools are not installed here ({exc})") from None
 
 
 def tap_to_use(fx, tap: str) -> str:
@@ -183,11 +195,6 @@ def float_list(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
-def check_suffix(path: str | None, suffix: str, option: str) -> None:
-    if path is not None and not path.lower().endswith(suffix):
-        raise CleanDIFTError(f"{option} must be a {suffix} file, got '{path}'")
-
-
 def command_line(ctx: click.Context) -> str:
     """The command that reproduces this run: its path and every option not at its default."""
     import shlex
@@ -206,7 +213,7 @@ def command_line(ctx: click.Context) -> str:
 
 
 def write_report(path: str, payload: dict) -> str:
-    from ..bench import write_json
+    from ..files import write_json
 
     try:
         return str(write_json(path, payload))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import click
 
 from ..errors import CleanDIFTError
+from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
+from ..validation import check_output_file
 from .common import (
-    check_suffix,
+    RESIZE_FILTER,
+    check_model_options,
     emit,
     float_list,
     model_options,
-    open_extractor,
+    output_parent,
     tap_to_use,
     write_report,
 )
@@ -32,8 +35,12 @@ def eval_options(fn):
             help="Evaluate an exported artifact (ONNX, engine, .pt2) instead.",
         ),
         click.option("--dift", is_flag=True, help="Evaluate the DIFT baseline of --model."),
-        click.option("--dift-t", type=click.IntRange(0, 999), default=261, show_default=True),
-        click.option("--dift-ensemble", type=click.IntRange(1), default=8, show_default=True),
+        click.option(
+            "--dift-t", type=click.IntRange(0, 999), default=DIFT_TIMESTEP, show_default=True
+        ),
+        click.option(
+            "--dift-ensemble", type=click.IntRange(1), default=DIFT_ENSEMBLE, show_default=True
+        ),
         click.option(
             "--out",
             default=None,
@@ -45,6 +52,17 @@ def eval_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _check_eval_args(out, model, base, resolution, policy, device, timestep, taps, artifact,
+                     dift, **_) -> None:  # fmt: skip
+    """Every argument of an `eval` command checked before anything heavy is imported."""
+    check_model_options(
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True
+    )
+    if artifact is not None and dift:
+        raise CleanDIFTError("--artifact and --dift exclude each other")
+    check_output_file(out, "--out", (".json",))
 
 
 def _eval_predictor(
@@ -60,14 +78,18 @@ def _eval_predictor(
     dift,
     dift_t,
     dift_ensemble,
+    resize_filter="area",
 ):
     from ..evaluation import ExtractorPredictor
 
     if artifact is not None and dift:
         raise CleanDIFTError("--artifact and --dift exclude each other")
-    fx = open_extractor(
-        model, base, resolution, policy, device, dtype, timestep, [taps], artifact=artifact,
-        dift=dift, t=dift_t, ensemble=dift_ensemble,
+    from ..runtime import build_extractor
+
+    fx = build_extractor(
+        model, [taps], artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
+        resolution=resolution, policy=policy, device=device, dtype=dtype, timestep=timestep,
+        resize_filter=resize_filter,
     )  # fmt: skip
     return fx, ExtractorPredictor(fx, tap_to_use(fx, taps))
 
@@ -78,8 +100,11 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     summary["model"] = fx.model_name
     summary["description"] = fx.description
     summary["dift_baseline"] = dift
+    summary["resize_filter"] = fx.resize_filter
+    summary["hub_files"] = fx.hub_files
     text = f"{title}: {fx.description or fx.model_name}\n" + format_summary(summary, group)
     if out is not None:
+        output_parent(out)
         summary["out"] = write_report(out, summary)
         text += f"\nwrote {out}"
     emit(summary, as_json, text)
@@ -109,6 +134,20 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     show_default=True,
     help="PCK thresholds as fractions of the bbox / image size.",
 )
+@click.option(
+    "--prompt-template",
+    default=None,
+    help="Condition each pair on this prompt, {category} filled in: DIFT's is "
+    "'a photo of a {category}' (the default with --dift when the model has a text encoder); "
+    "'' for one fixed empty prompt (the default otherwise).",
+)
+@click.option(
+    "--resize-filter",
+    type=RESIZE_FILTER,
+    default=None,
+    help="area (OpenCV; the default) or bicubic-pil (PIL's bicubic, DIFT's; the default "
+    "with --dift).",
+)
 @eval_options
 def eval_spair(
     root,
@@ -116,21 +155,39 @@ def eval_spair(
     categories,
     max_pairs,
     alphas,
+    prompt_template,
+    resize_filter,
     out,
     as_json,
     **model_args,
 ):
     """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
-    from ..evaluation.spair import evaluate_spair, read_pairs
-
-    check_suffix(out, ".json", "--out")
+    _check_eval_args(out, **model_args)
     cats = [c for c in categories.split(",") if c] if categories else None
     thresholds = float_list(alphas, "--alpha")
+    dift = model_args["dift"]
+    from ..evaluation.spair import DIFT_PROMPT, DIFT_RESIZE, evaluate_spair, prompt_for, read_pairs
+
+    template = prompt_template if prompt_template is not None else (DIFT_PROMPT if dift else "")
+    if template:
+        prompt_for(template, "category")  # a bad template fails before loading a model
+        if model_args["artifact"] is not None and prompt_template:
+            raise CleanDIFTError(
+                "--prompt-template needs a PyTorch model: an artifact bakes its prompt"
+            )
     read_pairs(root, split, cats, max_pairs)  # bad folder → one line, before loading a model
-    fx, predict = _eval_predictor(**model_args)
+    resize = resize_filter or (DIFT_RESIZE if dift else "area")
+    fx, predict = _eval_predictor(**model_args, resize_filter=resize)
+    if template and fx.prompt_encoder is None:
+        if prompt_template:
+            raise CleanDIFTError(
+                f"--prompt-template needs a model with a text encoder; '{fx.model_name}' has none"
+            )
+        template = ""  # the --dift default, on a model without a text encoder
     summary = evaluate_spair(
-        root, predict, split, cats, max_pairs, thresholds, progress=not as_json
-    )
+        root, predict, split, cats, max_pairs, thresholds, progress=not as_json,
+        prompt_template=template or None,
+    )  # fmt: skip
     _eval_output(summary, fx, model_args["dift"], out, as_json, f"SPair-71k {split}", "category")
 
 
@@ -139,13 +196,14 @@ def eval_spair(
     "--images",
     default=None,
     type=click.Path(file_okay=False),
-    help="A folder of photos (default: scikit-image's bundled photos).",
+    help="A folder of photos (default: the bundled sample photos).",
 )
 @click.option(
     "--photos",
     default="astronaut,chelsea,coffee,rocket",
     show_default=True,
-    help="scikit-image photo names, when --images is not given.",
+    help="Sample photo names when --images is not given (bundled: astronaut, chelsea, coffee, "
+    "rocket; any scikit-image photo with the [demo] extra).",
 )
 @click.option("--pairs-per-image", type=click.IntRange(1), default=4, show_default=True)
 @click.option(
@@ -187,10 +245,10 @@ def eval_homography(
     **model_args,
 ):
     """PCK and end-point error on photos warped by seeded random homographies (no download)."""
+    _check_eval_args(out, **model_args)
+    alphas = float_list(thresholds, "--thresholds")
     from ..evaluation.homography import evaluate_homography, load_photos, make_pairs
 
-    check_suffix(out, ".json", "--out")
-    alphas = float_list(thresholds, "--thresholds")
     pictures = load_photos([p for p in photos.split(",") if p], images)
     pairs = make_pairs(pictures, pairs_per_image, kind, seed, grid, strength)
     fx, predict = _eval_predictor(**model_args)

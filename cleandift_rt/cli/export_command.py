@@ -1,4 +1,5 @@
-"""`export`: a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package."""
+"""`export`: a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package, or a
+Triton Inference Server model repository (``--format triton``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,21 @@ import json
 
 import click
 
-from .common import emit
+from ..backends import registry
+from ..dtypes import PRECISIONS
+from ..errors import CleanDIFTError
+from ..validation import (
+    check_export_needs,
+    check_input_size,
+    check_output_file,
+    check_output_folder,
+    make_folder,
+    remove_empty,
+    split_taps,
+)
+from .common import check_model_options, command_line, emit, export_api, log_line
+
+TRITON = "triton"  # not an artifact format: a model repository around one (serving/triton_repo)
 
 
 @click.command("export")
@@ -29,26 +44,40 @@ from .common import emit
     default=None,
     help="Largest batch: exports a dynamic batch axis.",
 )
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16", show_default=True
-)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "engine", "aoti"]),
+    type=click.Choice((*registry.accepted_names(exportable=True), TRITON), case_sensitive=False),
     default="onnx",
     show_default=True,
+    help="Artifact format (aliases: trt = tensorrt = engine, pt2 = aoti); triton: a Triton "
+    "model repository in --out (from --from, else an ONNX export).",
+)
+@click.option(
+    "--from",
+    "from_artifact",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="--format triton: the exported .onnx or .engine to put in the repository.",
+)
+@click.option("--triton-name", default=None, help="--format triton: the model's name.")
+@click.option(
+    "--queue-delay-us",
+    type=click.IntRange(0),
+    default=5000,
+    show_default=True,
+    help="--format triton: dynamic batching's max_queue_delay_microseconds.",
 )
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(17), default=None, help="ONNX opset (default 17).")
 @click.option("--workspace", type=float, default=None, help="TensorRT workspace limit (GiB).")
 @click.option(
     "--opt-level",
     type=click.IntRange(0, 5),
-    default=3,
-    show_default=True,
-    help="TensorRT builder optimisation level.",
+    default=None,
+    help="TensorRT builder optimisation level (default 3).",
 )
 @click.option(
     "--timing-cache",
@@ -69,6 +98,9 @@ def export_command(
     max_batch,
     precision,
     fmt,
+    from_artifact,
+    triton_name,
+    queue_delay_us,
     out,
     device,
     opset,
@@ -78,23 +110,86 @@ def export_command(
     no_validate,
     as_json,
 ):
-    """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package."""
-    from export import ExportOptions, export_model  # lazily: the runtime never imports export
-
-    from ..models import PRESETS
-
-    native = PRESETS[model].resolution if model in PRESETS else 512
-    side = resolution or native
-    options = ExportOptions(
-        model=model, base=base, taps=tuple(t for t in taps.split(",")), height=height or side,
-        width=width or side, batch=batch, max_batch=max_batch, precision=precision, format=fmt,
-        out=out, device=device, opset=opset, workspace_gib=workspace, opt_level=opt_level,
-        timing_cache=timing_cache, validate=not no_validate,
-    )  # fmt: skip
+    """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package, or
+    write a Triton model repository (--format triton)."""
+    ctx = click.get_current_context()
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
-    path, meta = export_model(options, log=log)
+    check_output_folder(out, "--out")
+    if fmt.lower() == TRITON:
+        return _triton(ctx, from_artifact, triton_name, queue_delay_us, out, as_json, log)
+    if from_artifact is not None:
+        raise CleanDIFTError("--from takes an exported artifact for --format triton only")
+    fmt = registry.get(fmt, exportable=True).name
+    _check_export_args(dict(ctx.params, fmt=fmt))
+    created = make_folder(out, log_line)
+    try:
+        path, meta = _export(dict(ctx.params, fmt=fmt), log)
+    except BaseException:
+        remove_empty(created)
+        raise
     payload = json.loads(meta.to_json())
     payload["path"] = str(path)
     lines = [f"{path}  ({meta.format}, {meta.precision}, batch {meta.batch[0]}..{meta.batch[1]})"]
     lines += [f"  {name:5s} {shape}" for name, shape in meta.output_shape().items()]
     emit(payload, as_json, "\n".join(lines))
+
+
+def _side(p: dict) -> int:
+    from ..models.presets import PRESETS  # a plain table: no torch
+
+    return p["resolution"] or (PRESETS[p["model"]].resolution if p["model"] in PRESETS else 512)
+
+
+def _check_export_args(p: dict) -> None:
+    """Every export argument checked before anything heavy is imported or a model loads."""
+    check_model_options(p["model"], p["base"], None, "square", p["device"], None, p["taps"])
+    side = _side(p)
+    check_input_size(p["height"] or side, p["width"] or side)
+    if p["max_batch"] is not None and p["max_batch"] < p["batch"]:
+        raise CleanDIFTError(f"--max-batch {p['max_batch']} is smaller than --batch {p['batch']}")
+    check_output_file(p["timing_cache"], "--timing-cache")
+    check_export_needs(p["fmt"], p["precision"], p["device"], validate=not p["no_validate"])
+
+
+def _export(p: dict, log):
+    """Run the export of the command's parameters ``p``; returns (artifact path, metadata)."""
+    exporter = export_api()  # lazily: the runtime never imports export
+    side = _side(p)
+    options = exporter.ExportOptions(
+        model=p["model"], base=p["base"], taps=split_taps(p["taps"]),
+        height=p["height"] or side, width=p["width"] or side, batch=p["batch"],
+        max_batch=p["max_batch"], precision=p["precision"], format=p["fmt"], out=p["out"],
+        device=p["device"], opset=p["opset"], workspace_gib=p["workspace"],
+        opt_level=p["opt_level"], timing_cache=p["timing_cache"], validate=not p["no_validate"],
+    )  # fmt: skip
+    return exporter.export_model(options, log=log)
+
+
+def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json, log):
+    """--format triton: the repository model of --from, or of an ONNX export of the usual
+    options (exported into a staging folder of --out, removed afterwards)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..serving.triton_repo import write_triton_repository
+
+    staging = None
+    try:
+        source = from_artifact
+        if source is None:
+            _check_export_args(dict(ctx.params, fmt="onnx"))
+            Path(out).mkdir(parents=True, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".triton-onnx-", dir=out)
+            source = str(_export(dict(ctx.params, fmt="onnx", out=staging), log)[0])
+        model_dir = write_triton_repository(
+            source, out, name=name, queue_delay_us=queue_delay_us, rebuild=command_line(ctx)
+        )
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    config = (model_dir / "config.pbtxt").read_text()
+    payload = {"repository": str(Path(out)), "model": model_dir.name, "path": str(model_dir),
+               "config": config}  # fmt: skip
+    text = f"wrote Triton model {model_dir}  (tritonserver --model-repository {out})\n{config}"
+    emit(payload, as_json, text.rstrip())

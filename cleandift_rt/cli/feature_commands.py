@@ -9,16 +9,31 @@ from pathlib import Path
 
 import click
 
+from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
 from ..store.cli import is_store_path, run_store_extract, store_options
+from ..validation import check_output_file, check_output_folder, make_folder, remove_empty
 from .common import (
+    check_model_options,
     check_points_inside,
     command_line,
     emit,
+    log_line,
     model_options,
-    open_extractor,
+    output_parent,
     parse_points,
 )
+
+
+def aoti_compiler() -> str | None:
+    """The C++ compiler AOTInductor would use here ($CXX, else g++, c++ or clang++), or None."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 @click.command()
@@ -61,13 +76,19 @@ def info(as_json: bool):
                     "memory_gib": round(p.total_memory / 2**30, 1),
                 }
             )
-    backends = {
-        "torch": True,
-        "onnxruntime": bool(versions["onnxruntime"] or versions["onnxruntime-gpu"]),
-        "tensorrt": bool(versions["tensorrt"]),
-        "triton": bool(versions["triton"]),
-    }
+    from ..backends import registry
+    from ..matching.triton_argmax import triton_available
     from ..models import PRESETS
+    from ..models.presets import MIRROR_NOTE
+
+    backends = {spec.name: spec.available() for spec in registry.BACKENDS}
+    backends["aoti"] = backends["aoti"] and aoti_compiler() is not None  # compiles C++
+    backends["triton"] = triton_available()  # the fused matcher (cosine_argmax on CUDA)
+    registered = [
+        {"name": s.name, "aliases": list(s.aliases), "suffix": s.suffix, "extra": s.extra,
+         "devices": list(s.devices), "available": backends[s.name], "description": s.description}
+        for s in registry.BACKENDS
+    ]  # fmt: skip
 
     models = {name: p.description for name, p in PRESETS.items()}
     payload = {
@@ -76,13 +97,20 @@ def info(as_json: bool):
         "versions": versions,
         "devices": devices,
         "backends": backends,
+        "registry": registered,
         "models": models,
+        "notes": [MIRROR_NOTE, "--base DIR|HUB_ID replaces the base of every hub preset"],
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
     lines += ["devices: " + ", ".join(d.get("gpu", d["name"]) for d in devices)]
     lines += ["backends: " + ", ".join(k for k, ok in backends.items() if ok)]
+    for s in registered:
+        also = f" (= {', '.join(s['aliases'])})" if s["aliases"] else ""
+        need = "" if s["available"] else f"  [pip install 'cleandift-rt[{s['extra']}]']"
+        lines.append(f"  {s['name'] + also:28s} {s['description']}{need if s['extra'] else ''}")
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
+    lines += [f"note: {n}" for n in payload["notes"]]
     emit(payload, as_json, "\n".join(lines))
 
 
@@ -106,6 +134,7 @@ def extract(
 ):  # fmt: skip
     """Extract features of SOURCES (images, folders, globs, @list.txt, videos) into a feature
     store folder, or into one .safetensors file."""
+    check_model_options(model, base, resolution, policy, device, timestep, taps)
     if is_store_path(out):
         import shlex
 
@@ -121,18 +150,20 @@ def extract(
         return
     if store_args["engine"] != "local":
         raise CleanDIFTError("--engine ray writes a feature store: give --out a folder")
-    from ..imaging import image_name
+    check_output_file(out, "--out", (".safetensors",))
+    from ..imaging import check_image_file, image_name
+
+    for image in images:  # fail before loading a model (headers only; pixels decode later)
+        check_image_file(image)
     from ..models.checkpoint import atomic_save
 
-    for image in images:  # fail before loading a model; decoding errors come per image later
-        if not Path(image).exists():
-            raise CleanDIFTError(f"cannot read image '{image}': no such file")
-        if not Path(image).is_file():
-            raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
     start = time.perf_counter()
-    fx = open_extractor(
-        model, base, resolution, policy, device, dtype, timestep, taps, store_args["artifact"]
-    )
+    from ..runtime import build_extractor
+
+    fx = build_extractor(
+        model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
+        timestep=timestep, artifact=store_args["artifact"],
+    )  # fmt: skip
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
     meta = {
         "model": fx.model_name,
@@ -143,7 +174,9 @@ def extract(
         "transforms": json.dumps([t.to_dict() for t in feats.transforms]),
         "policy": policy,
         "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
+        "hub_files": json.dumps(fx.hub_files),  # [{repo, file, commit}]: the exact weights
     }
+    output_parent(out)
     try:
         atomic_save(dict(feats.maps), out, meta)
     except OSError as exc:
@@ -154,6 +187,7 @@ def extract(
         "images": len(images),
         "model": fx.model_name,
         "taps": json.loads(meta["taps"]),
+        "hub_files": fx.hub_files,
         "seconds": round(seconds, 3),
     }
     text = [f"wrote {out}: {len(images)} image(s), model {fx.model_name}, {seconds:.1f} s"]
@@ -195,26 +229,34 @@ def match(
     as_json,
 ):
     """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
-    from ..imaging import load_image
-
+    check_model_options(model, base, resolution, policy, device, timestep, taps, single_tap=True)
     if (points is None) == (grid is None):
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
-    if out is not None and not out.lower().endswith(".png"):
-        raise CleanDIFTError(f"--out must be a .png file, got '{out}'")
+    check_output_file(out, "--out", (".png",))
     pts = parse_points(points) if points is not None else None
+    from ..imaging import check_image_size, load_image
+
     src, tgt = load_image(source), load_image(target)
+    check_image_size(src.shape[:2], source)
+    check_image_size(tgt.shape[:2], target)
     if pts is None:
-        from ..demo import grid_points
+        from ..geometry import grid_points
 
         pts = grid_points(src.shape[:2], grid).tolist()
     check_points_inside(pts, src.shape[:2])
-    fx = open_extractor(model, base, resolution, policy, device, dtype, timestep, taps)
+    from ..runtime import build_extractor
+
+    fx = build_extractor(
+        model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
+        timestep=timestep,
+    )  # fmt: skip
     result = fx.match(src, tgt, pts)
     payload = {"source": source, "target": target, "model": fx.model_name, **result.to_dict()}
     if out is not None:
         from ..viz import draw_correspondences, save_png
 
         picture = draw_correspondences(src, tgt, result.source_points, result.target_points)
+        output_parent(out)
         try:
             payload["picture"] = str(save_png(out, picture))
         except OSError as exc:
@@ -232,22 +274,32 @@ def match(
 @click.command()
 @click.option("--model", default="toy", show_default=True, help="Model to run (see `extract`).")
 @click.option("--tap", "taps", default="us6", show_default=True)
-@click.option("--image", default=None, help="Your own photo (default: scikit-image's astronaut).")
+@click.option("--image", default=None, help="Your own photo (default: the bundled astronaut).")
 @click.option(
     "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
 )
 @click.option("--resolution", type=int, default=None)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
+@click.option("--dtype", type=click.Choice(PRECISIONS), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
-    from ..demo import run_demo
-    from ..imaging import load_image
+    check_model_options(model, None, resolution, "square", device, None, taps, single_tap=True)
+    check_output_folder(out_dir, "--out-dir")
+    from ..demo import demo_image, run_demo
+    from ..imaging import check_image_size, load_image
 
-    photo = load_image(image) if image is not None else None
-    fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
-    report = run_demo(fx, out_dir, photo)
+    photo = load_image(image) if image is not None else demo_image()
+    check_image_size(photo.shape[:2], image or "astronaut")
+    from ..runtime import build_extractor
+
+    fx = build_extractor(model, taps, resolution=resolution, device=device, dtype=dtype)
+    created = make_folder(out_dir, log_line)
+    try:
+        report = run_demo(fx, out_dir, photo)
+    except BaseException:
+        remove_empty(created)
+        raise
     lines = [
         f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",
         f"  PCK@0.05 {report.pck_05:.2f}   PCK@0.10 {report.pck_10:.2f}   "

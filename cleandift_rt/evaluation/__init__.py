@@ -6,13 +6,11 @@ any model, backend or baseline can be scored, and tests can inject an exact one.
 """
 
 from .pck import PCKTally, end_point_errors, format_summary
-from .predictors import DIFTRunner, ExtractorPredictor, build_extractor
+from .predictors import ExtractorPredictor
 
 __all__ = [
-    "DIFTRunner",
     "ExtractorPredictor",
     "PCKTally",
-    "build_extractor",
     "end_point_errors",
     "format_summary",
 ]

@@ -13,6 +13,8 @@ Protocol (DIFT, FACTS.md): features of both images upsampled to each image's ori
 the source keypoint's feature against every target pixel, cosine argmax; a keypoint is correct
 when within 0.1 × max(target bbox h, w) (PCK@0.1 bbox) or 0.1 × max(target image h, w)
 (PCK@0.1 img). ``FeatureExtractor.match`` with policy ``square`` is exactly that pipeline.
+DIFT also conditions each image on the prompt "a photo of a {category}" (``DIFT_PROMPT``,
+``prompt_template``) and resizes with PIL's bicubic filter (``resize_filter="bicubic-pil"``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from ..imaging import load_image
 from .pck import PCKTally, end_point_errors
 
 SPLITS = {"trn": "trn", "train": "trn", "val": "val", "test": "test"}
+DIFT_PROMPT = "a photo of a {category}"  # DIFT's eval_spair.py, per image
+DIFT_RESIZE = "bicubic-pil"  # DIFT resizes with PIL's Image.resize (bicubic)
 
 #: predict(source, target, points, source_key=..., target_key=...) → (N, 2) target points
 SPairPredictor = Callable[..., np.ndarray]
@@ -155,6 +159,17 @@ def _image(root: Path, pair: SPairPair, which: str) -> np.ndarray:
     return image
 
 
+def prompt_for(template: str, category: str) -> str:
+    """``template`` with ``{category}`` filled in; CleanDIFTError (one line) on a bad template."""
+    try:
+        return template.format(category=category)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise CleanDIFTError(
+            f"bad prompt template {template!r}: only {{category}} may be filled in "
+            f"({one_line(exc)})"
+        ) from None
+
+
 def evaluate_spair(
     root: str | Path,
     predict: SPairPredictor,
@@ -163,12 +178,17 @@ def evaluate_spair(
     max_pairs_per_category: int | None = None,
     alphas: tuple[float, ...] = (0.1,),
     progress: bool = False,
+    prompt_template: str | None = None,
 ) -> dict:
     """PCK of ``predict`` on SPair-71k: per category, overall, per point and per image.
 
-    Returns PCKTally.summary() (groups = categories; metrics ``bbox@α`` and ``img@α``, fractions
-    in [0, 1]) plus ``split``.
+    ``prompt_template`` (e.g. ``DIFT_PROMPT``): each pair's images are conditioned on it with
+    the pair's category filled in (passed to ``predict`` as ``prompt=``); None: the
+    predictor's own fixed prompt. Returns PCKTally.summary() (groups = categories; metrics
+    ``bbox@α`` and ``img@α``, fractions in [0, 1]) plus ``split`` and ``prompt_template``.
     """
+    if prompt_template is not None:
+        prompt_for(prompt_template, "category")  # a bad template fails before any work
     root = Path(root)
     pairs = read_pairs(root, split, categories, max_pairs_per_category)
     for pair in pairs:  # every file is there before the first (slow) prediction
@@ -183,11 +203,15 @@ def evaluate_spair(
             continue
         source, target = _image(root, pair, "source"), _image(root, pair, "target")
         keys = (f"{pair.category}/{pair.source_image}", f"{pair.category}/{pair.target_image}")
+        extra = {}
+        if prompt_template is not None:
+            extra["prompt"] = prompt_for(prompt_template, pair.category)
         predicted = predict(
-            source, target, pair.source_points, source_key=keys[0], target_key=keys[1]
+            source, target, pair.source_points, source_key=keys[0], target_key=keys[1], **extra
         )
         errors = end_point_errors(predicted, pair.target_points)
         tally.add(pair.category, errors, {"bbox": pair.bbox_scale, "img": pair.image_scale})
     summary = tally.summary()
     summary["split"] = SPLITS[split]
+    summary["prompt_template"] = prompt_template
     return summary

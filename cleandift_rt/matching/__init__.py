@@ -2,9 +2,10 @@
 
 * :class:`PixelGrid` maps output pixel coordinates to feature-cell coordinates.
 * :func:`sample_descriptors` bilinearly samples query descriptors at pixel points.
-* :func:`cosine_argmax` is the exact, memory-bounded DIFT argmax reference;
-  :func:`cosine_argmax_fast` is the same match on the fastest exact backend (fused Triton
-  kernel on CUDA, else the low-resolution torch method :func:`cosine_argmax_lowres`).
+* :func:`cosine_argmax` is DIFT's upsampled cosine argmax, exact, on the fastest backend
+  (``backend="auto"``: the fused Triton kernel on CUDA, else the low-resolution torch method
+  :func:`cosine_argmax_lowres`); :func:`cosine_argmax_reference` is the banded ground truth.
+* :func:`cosine_argmax_window`: the same score searched within a radius of each query's centre.
 * Descriptor sets (kornia-like index pairs): :func:`nearest`, :func:`mutual_nearest`,
   :func:`ratio_test`, :func:`top_k`.
 * Feature maps (pixel coordinates): :func:`match_points` (optional cycle check),
@@ -24,10 +25,11 @@ from cleandift_rt.matching.api import (
     ratio_test,
     top_k,
 )
-from cleandift_rt.matching.dispatch import cosine_argmax_fast
+from cleandift_rt.matching.argmax import cosine_argmax
 from cleandift_rt.matching.grid import PixelGrid
 from cleandift_rt.matching.lowres import cosine_argmax_lowres
-from cleandift_rt.matching.reference import cosine_argmax, sample_descriptors
+from cleandift_rt.matching.reference import cosine_argmax_reference, sample_descriptors
+from cleandift_rt.matching.window import cosine_argmax_window
 
 __all__ = [
     "DenseMatches",
@@ -37,8 +39,9 @@ __all__ = [
     "RatioMatches",
     "TopK",
     "cosine_argmax",
-    "cosine_argmax_fast",
     "cosine_argmax_lowres",
+    "cosine_argmax_reference",
+    "cosine_argmax_window",
     "dense_matches",
     "match_points",
     "mutual_nearest",

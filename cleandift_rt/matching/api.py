@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cleandift_rt.errors import MatchError
-from cleandift_rt.matching.dispatch import cosine_argmax_fast
+from cleandift_rt.matching.argmax import cosine_argmax
+from cleandift_rt.matching.frontend import NORM_EPS, all_finite, check_positive_int, resolve_grid
 from cleandift_rt.matching.grid import PixelGrid
-from cleandift_rt.matching.reference import all_finite, sample_descriptors
+from cleandift_rt.matching.reference import sample_descriptors
 
 __all__ = [
     "DenseMatches",
@@ -58,14 +59,12 @@ __all__ = [
 ]
 
 # The map-to-map argmax: the fastest exact backend (same results as the reference).
-_argmax = cosine_argmax_fast
+_argmax = cosine_argmax
 
 # Score-matrix elements per block of rows of ``a`` (~64 MB of float32).
 _BLOCK_ELEMS = (64 * 1024 * 1024) // 4
 # Queries per chunk in dense_matches.
 _DENSE_CHUNK = 4096
-# Denominator floor of F.normalize (same as the reference).
-_NORM_EPS = 1e-12
 
 Size = tuple[int, int] | Sequence[int]
 
@@ -177,15 +176,14 @@ def _block_rows(m: int, block_rows: int | None) -> int:
     """Rows of ``a`` per block: explicit, or keep ``rows * M`` under ``_BLOCK_ELEMS``."""
     if block_rows is None:
         return max(1, _BLOCK_ELEMS // max(1, m))
-    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
-        raise MatchError(f"block_rows must be a positive integer, got {block_rows!r}")
+    check_positive_int(block_rows, "block_rows")
     return block_rows
 
 
 def _blocks(a: Tensor, b: Tensor, dtype: torch.dtype, block_rows: int | None):
     """Yield ``(start, scores)`` with ``scores`` the ``(n, M)`` cosine block of rows ``start:``."""
-    an = F.normalize(a.to(dtype), dim=1, eps=_NORM_EPS)
-    bn_t = F.normalize(b.to(dtype), dim=1, eps=_NORM_EPS).T
+    an = F.normalize(a.to(dtype), dim=1, eps=NORM_EPS)
+    bn_t = F.normalize(b.to(dtype), dim=1, eps=NORM_EPS).T
     step = _block_rows(b.shape[0], block_rows)
     for start in range(0, a.shape[0], step):
         yield start, an[start : start + step] @ bn_t
@@ -389,18 +387,9 @@ def _map_grid(
     fmap: Tensor, size: Size | PixelGrid | None, grid: PixelGrid | None, name: str
 ) -> PixelGrid:
     """Resolve a map's output grid from a size, a PixelGrid (either argument) or neither."""
-    if size is not None and grid is not None:
-        raise MatchError(f"give either {name}_size or {name}_grid, not both")
     if grid is None and isinstance(size, PixelGrid):
         grid, size = size, None
-    h, w = fmap.shape[-2:]
-    if grid is not None:
-        if not isinstance(grid, PixelGrid):
-            raise MatchError(f"{name}_grid must be a PixelGrid, got {type(grid).__name__}")
-        return grid
-    if size is not None:
-        return PixelGrid.interpolate((h, w), tuple(size))  # type: ignore[arg-type]
-    return PixelGrid.identity((h, w))
+    return resolve_grid(tuple(fmap.shape[-2:]), size, grid, names=(f"{name}_size", f"{name}_grid"))
 
 
 def _check_map(t: Tensor, name: str, ndims: tuple[int, ...]) -> None:
@@ -561,9 +550,8 @@ def dense_matches(
     _check_map(src_map, "src_map", (3,))
     _check_map(tgt_map, "tgt_map", (3,))
     _check_pair(src_map, tgt_map)
-    for name, v in (("stride", stride), ("chunk", chunk)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise MatchError(f"{name} must be a positive integer, got {v!r}")
+    check_positive_int(stride, "stride")
+    check_positive_int(chunk, "chunk")
     chunk = _DENSE_CHUNK if chunk is None else chunk
     sgrid = _map_grid(src_map, src_size, src_grid, "src")
     tgrid = _map_grid(tgt_map, tgt_size, tgt_grid, "tgt")

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cleandift_rt.errors import MatchError
+from cleandift_rt.matching.frontend import NORM_EPS, argmax_over_maps, check_positive_int
 from cleandift_rt.matching.grid import PixelGrid
-from cleandift_rt.matching.reference import _NORM_EPS, check_inputs, resolve_grid
 
 __all__ = ["cell_gram", "cosine_argmax_lowres", "inverse_norms"]
 
@@ -124,7 +123,7 @@ def inverse_norms(
         n0, n1 = norm_g[:, c0], norm_g[:, c1]
         cross = torch.where(same_c, n0, right_g[:, c0])
         sq = b0 * b0 * n0 + b1 * b1 * n1 + 2.0 * b0 * b1 * cross
-        norm = sq.clamp_min_(0.0).sqrt_().clamp_min_(_NORM_EPS)
+        norm = sq.clamp_min_(0.0).sqrt_().clamp_min_(NORM_EPS)
         out[ya - y0 : yb - y0] = norm.reciprocal_().to(torch.float32)
     return out
 
@@ -370,60 +369,36 @@ def cosine_argmax_lowres(
 ) -> tuple[Tensor, Tensor]:
     """Best-matching output pixel of each query in a bilinearly upsampled target map.
 
-    Same contract and results as :func:`~cleandift_rt.matching.reference.cosine_argmax` (up to
-    float32 rounding), computed from the low-resolution map: one ``(h·w × K)`` GEMM, five Gram
+    Same contract and results as :func:`.reference.cosine_argmax_reference` (up to float32
+    rounding), computed from the low-resolution map: one ``(h·w × K)`` GEMM, five Gram
     entries per cell and ``H·W`` inverse norms, then blocks of output rows streamed through a
     running max that skips, per query, the bands of rows whose cosine bound is below a value the
     query surely reaches (exact branch and bound). Extra memory is ``H·W`` inverse norms (twice:
     per pixel and per run slot), a query chunk's dots (at most 16 MB) and a 10 MB block with a
     few smaller temporaries, independent of ``C`` and ``K``.
 
-    Args:
-        queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target. Any floating
-            dtype (fp16/bf16 are computed in fp32) and any strides.
-        target: ``(C, h, w)`` feature map, or a batch ``(B, C, h, w)``.
-        out_size: ``(H, W)``: match on the ``F.interpolate`` grid of that size.
-        grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``). With neither,
-            the feature grid itself (``(h, w)``, no upsampling) is searched.
-        block: output rows per streamed block; default keeps each ``K_chunk × rows × W`` block
-            tensor under 10 MB of float32 (queries are chunked too when ``K·W`` alone exceeds it).
-
-    Returns:
-        ``coords`` ``(K, 2)`` int64 ``(x, y)`` in the output grid and ``scores`` ``(K,)`` float32
-        cosine similarities (``(B, K, 2)`` and ``(B, K)`` when batched), on ``target.device``.
-        Ties go to the lowest flat index ``y * W + x``; zero target pixels score 0.
-
-    Raises:
-        MatchError: bad shapes or dtypes, mismatched channels, NaN/Inf inputs, bad arguments.
+    Arguments, results (``coords`` int64 ``(x, y)``, ``scores`` float32), ties and errors as
+    :func:`.reference.cosine_argmax_reference`, plus ``block``: output rows per streamed block
+    (default: each ``K_chunk × rows × W`` block tensor under 10 MB of float32; queries are
+    chunked too when ``K·W`` alone exceeds it).
     """
-    qs, tgt, batched = check_inputs(queries, target)
-    b, c, h, w = tgt.shape
-    k = qs.shape[1]
-    g = resolve_grid((h, w), out_size, grid)
-    big_h, big_w = g.size
-    kq, rows_per_block = _auto_chunks(k, big_h, big_w, h * w)
-    if block is not None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise MatchError(f"block must be a positive integer, got {block!r}")
-        rows_per_block = block
-    dev = tgt.device
+    check_positive_int(block, "block")
 
-    coords = torch.zeros((b, k, 2), dtype=torch.int64, device=dev)
-    scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
-    if k == 0:
-        return (coords, scores) if batched else (coords[0], scores[0])
-    rows = g.axis_weights("y", h, device=dev)
-    cols = g.axis_weights("x", w, device=dev)
-    qn = F.normalize(qs.to(device=dev, dtype=torch.float32), dim=-1, eps=_NORM_EPS)
-    for i in range(b):
-        t = tgt[i].to(torch.float32)  # a view when already float32
+    def match_one(q: Tensor, t: Tensor, rows, cols) -> tuple[Tensor, Tensor]:
+        c, h, w = t.shape
+        big_h, big_w = rows[0].shape[0], cols[0].shape[0]
+        kq, rows_per_block = _auto_chunks(q.shape[0], big_h, big_w, h * w)
+        qn = F.normalize(q.to(torch.float32), dim=-1, eps=NORM_EPS)
+        t = t.to(torch.float32)  # a view when already float32
         inv_norm = inverse_norms(cell_gram(t), rows, cols)  # (H, W)
         flat_t = t.reshape(c, h * w)  # copies only when the map's strides require it
-        for k0 in range(0, k, kq):
+        found = []
+        for k0 in range(0, q.shape[0], kq):
             # (h·w, K_chunk): transposed so blocks gather whole rows of K contiguous floats.
-            dots = (flat_t.T @ qn[i, k0 : k0 + kq].T).contiguous().view(h, w, -1)
-            idx, best = _stream_argmax(dots, inv_norm, rows, cols, rows_per_block)
-            coords[i, k0 : k0 + kq, 0] = idx % big_w
-            coords[i, k0 : k0 + kq, 1] = idx // big_w
-            scores[i, k0 : k0 + kq] = best
-    return (coords, scores) if batched else (coords[0], scores[0])
+            dots = (flat_t.T @ qn[k0 : k0 + kq].T).contiguous().view(h, w, -1)
+            found.append(_stream_argmax(dots, inv_norm, rows, cols, block or rows_per_block))
+        if len(found) == 1:
+            return found[0]
+        return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+
+    return argmax_over_maps(queries, target, out_size, grid, match_one)

@@ -2,9 +2,10 @@
 
 The naive pipeline upsamples the whole target map to ``(H, W)`` with
 ``F.interpolate(mode="bilinear", align_corners=False)``, L2-normalises every pixel, dots it with
-normalised queries and takes the argmax over all ``H * W`` pixels. :func:`cosine_argmax` computes
-the same result band-by-band (a few output rows at a time, separable interpolation), so memory
-stays bounded for any image size. It is the ground truth that faster kernels are checked against.
+normalised queries and takes the argmax over all ``H * W`` pixels.
+:func:`cosine_argmax_reference` computes the same result band-by-band (a few output rows at a
+time, separable interpolation), so memory stays bounded for any image size. It is the ground
+truth that faster kernels are checked against.
 """
 
 from __future__ import annotations
@@ -16,91 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cleandift_rt.errors import MatchError
+from cleandift_rt.matching.frontend import (
+    NORM_EPS,
+    argmax_over_maps,
+    check_features,
+    check_positive_int,
+)
 from cleandift_rt.matching.grid import PixelGrid, bilinear_weights
 
-__all__ = ["cosine_argmax", "sample_descriptors"]
+__all__ = ["cosine_argmax_reference", "sample_descriptors"]
 
 # Floats allowed in one band: (C + K) * band_rows * W stays under ~64 MB of float32.
 _BAND_FLOATS = (64 * 1024 * 1024) // 4
-# Denominator floor of F.normalize.
-_NORM_EPS = 1e-12
-
-
-def all_finite(t: Tensor) -> bool:
-    """True when ``t`` holds no NaN/Inf. ``aminmax`` propagates NaN and keeps ±Inf, so one
-    reduction decides without the full-size temporaries of ``isfinite(t).all()`` (an ``abs``
-    copy plus a bool map: 14 MB for a 320 × 96² float32 map)."""
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def _check_features(t: Tensor, name: str, ndims: tuple[int, ...]) -> None:
-    """Validate a floating, finite, non-degenerate feature tensor."""
-    if not isinstance(t, Tensor):
-        raise MatchError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.ndim not in ndims:
-        want = " or ".join(f"{n}-D" for n in ndims)
-        raise MatchError(f"{name} must be {want}, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise MatchError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if any(s == 0 for s in t.shape[-3:]):
-        raise MatchError(f"{name} has an empty channel or spatial dimension: {tuple(t.shape)}")
-    if not all_finite(t):
-        raise MatchError(f"{name} contains NaN or Inf values")
-
-
-def resolve_grid(
-    feature_size: tuple[int, int],
-    out_size: tuple[int, int] | Sequence[int] | None,
-    grid: PixelGrid | None,
-) -> PixelGrid:
-    """The output grid: explicit ``grid``, the ``F.interpolate`` grid of ``out_size``, or the
-    feature grid itself."""
-    if grid is not None and out_size is not None:
-        raise MatchError("give either out_size or grid, not both")
-    if grid is not None:
-        if not isinstance(grid, PixelGrid):
-            raise MatchError(f"grid must be a PixelGrid, got {type(grid).__name__}")
-        return grid
-    if out_size is not None:
-        return PixelGrid.interpolate(feature_size, tuple(out_size))  # type: ignore[arg-type]
-    return PixelGrid.identity(feature_size)
-
-
-def check_inputs(queries: Tensor, target: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """Validate ``queries`` / ``target`` (shared by every cosine_argmax backend).
-
-    Returns:
-        ``(queries (B, K, C), target (B, C, h, w), batched)``: views with a batch axis added when
-        the inputs were unbatched.
-
-    Raises:
-        MatchError: bad shapes or dtypes, mismatched batch or channels, NaN/Inf values.
-    """
-    _check_features(target, "target", (3, 4))
-    batched = target.ndim == 4
-    if not isinstance(queries, Tensor):
-        raise MatchError(f"queries must be a torch.Tensor, got {type(queries).__name__}")
-    if queries.ndim != (3 if batched else 2):
-        shape = "(B, K, C)" if batched else "(K, C)"
-        raise MatchError(f"queries must have shape {shape}, got {tuple(queries.shape)}")
-    if batched and queries.shape[0] != target.shape[0]:
-        raise MatchError(
-            f"batch sizes differ: queries {queries.shape[0]}, target {target.shape[0]}"
-        )
-    if queries.shape[-1] != target.shape[-3]:
-        raise MatchError(
-            f"channel mismatch: queries have {queries.shape[-1]}, target has {target.shape[-3]}"
-        )
-    if not queries.is_floating_point():
-        raise MatchError(f"queries must be a floating-point tensor, got {queries.dtype}")
-    if not all_finite(queries):
-        raise MatchError("queries contain NaN or Inf values")
-    if batched:
-        return queries, target, True
-    return queries[None], target[None], False
 
 
 def sample_descriptors(
@@ -127,7 +55,7 @@ def sample_descriptors(
     Raises:
         MatchError: bad shapes or dtypes, NaN/Inf features, non-finite or out-of-range points.
     """
-    _check_features(feature_map, "feature_map", (3, 4))
+    check_features(feature_map, "feature_map", (3, 4))
     batched = feature_map.ndim == 4
     fmap = feature_map if batched else feature_map[None]
     b, c, h, w = fmap.shape
@@ -213,7 +141,7 @@ def _argmax_one(
         del tmp
         flat = band.reshape(c, nb * big_w)
         # cos = q . (x / max(|x|, eps)) as in F.normalize; a zero pixel scores exactly 0.
-        norms = torch.linalg.vector_norm(flat, dim=0).clamp_min_(_NORM_EPS)
+        norms = torch.linalg.vector_norm(flat, dim=0).clamp_min_(NORM_EPS)
         scores = (qn @ flat).div_(norms)  # (K, nb * W)
         del band, flat
         idx = scores.argmax(dim=1)  # first maximum within the band
@@ -226,7 +154,7 @@ def _argmax_one(
 
 
 @torch.no_grad()
-def cosine_argmax(
+def cosine_argmax_reference(
     queries: Tensor,
     target: Tensor,
     out_size: tuple[int, int] | None = None,
@@ -257,29 +185,12 @@ def cosine_argmax(
     Raises:
         MatchError: bad shapes or dtypes, mismatched channels, NaN/Inf inputs, bad arguments.
     """
-    qs, tgt, batched = check_inputs(queries, target)
-    b, c, h, w = tgt.shape
-    k = qs.shape[1]
-    g = resolve_grid((h, w), out_size, grid)
-    big_h, big_w = g.size
-    if band_rows is None:
-        band_rows = _auto_band_rows(c, k, big_h, big_w)
-    elif isinstance(band_rows, bool) or not isinstance(band_rows, int) or band_rows < 1:
-        raise MatchError(f"band_rows must be a positive integer, got {band_rows!r}")
-    dev = tgt.device
+    check_positive_int(band_rows, "band_rows")
 
-    coords = torch.zeros((b, k, 2), dtype=torch.int64, device=dev)
-    scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
-    if k > 0:
-        rows = g.axis_weights("y", h, device=dev)
-        cols = g.axis_weights("x", w, device=dev)
-        qn = F.normalize(qs.to(device=dev, dtype=torch.float32), dim=-1, eps=_NORM_EPS)
-        for i in range(b):
-            t = tgt[i].to(torch.float32).contiguous()
-            flat_idx, best = _argmax_one(qn[i], t, rows, cols, band_rows)
-            coords[i, :, 0] = flat_idx % big_w
-            coords[i, :, 1] = flat_idx // big_w
-            scores[i] = best
-    if batched:
-        return coords, scores
-    return coords[0], scores[0]
+    def match_one(q: Tensor, t: Tensor, rows, cols) -> tuple[Tensor, Tensor]:
+        c, k, big_h, big_w = t.shape[0], q.shape[0], rows[0].shape[0], cols[0].shape[0]
+        qn = F.normalize(q.to(torch.float32), dim=-1, eps=NORM_EPS)
+        band = band_rows or _auto_band_rows(c, k, big_h, big_w)
+        return _argmax_one(qn, t.to(torch.float32).contiguous(), rows, cols, band)
+
+    return argmax_over_maps(queries, target, out_size, grid, match_one)

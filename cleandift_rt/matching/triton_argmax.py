@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from cleandift_rt.errors import MatchError
+from cleandift_rt.matching.frontend import argmax_over_maps, check_positive_int
 from cleandift_rt.matching.grid import PixelGrid
 from cleandift_rt.matching.lowres import cell_gram, inverse_norms
-from cleandift_rt.matching.reference import check_inputs, resolve_grid
 
 __all__ = ["cosine_argmax_triton", "interpreting", "triton_available"]
 
@@ -356,7 +356,7 @@ def cosine_argmax_triton(
     grid: PixelGrid | None = None,
     row_ranges: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Triton version of :func:`~cleandift_rt.matching.reference.cosine_argmax`.
+    """Triton version of :func:`~cleandift_rt.matching.reference.cosine_argmax_reference`.
 
     Same arguments, results (up to float32 rounding), ties (lowest flat index ``y * W + x``) and
     errors as the reference. fp32 / fp16 / bf16 inputs, fp32 accumulation; other floating
@@ -364,50 +364,24 @@ def cosine_argmax_triton(
     Triton's interpreter (slow: tests only). Extra memory: ``K × h·w`` dots, ``H × W`` inverse
     norms and ``(ranges, K)`` partial results; never a ``K × H·W`` matrix.
 
-    Args:
-        queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target.
-        target: ``(C, h, w)`` feature map, or a batch ``(B, C, h, w)``.
-        out_size: ``(H, W)``: match on the ``F.interpolate`` grid of that size.
-        grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``).
-        row_ranges: number of ranges of output rows searched by separate programs (default:
-            enough to fill the GPU; 1 in the interpreter).
-
-    Returns:
-        ``coords`` ``(K, 2)`` int64 ``(x, y)`` and ``scores`` ``(K,)`` float32 (``(B, K, 2)`` and
-        ``(B, K)`` when batched), on ``target.device``.
-
-    Raises:
-        MatchError: triton missing, bad inputs (as the reference), or an output grid of more
-            than ``2**31 - 1`` pixels.
+    ``row_ranges``: number of ranges of output rows searched by separate programs (default:
+    enough to fill the GPU; 1 in the interpreter). Raises MatchError also when triton is missing
+    or the output grid has more than ``2**31 - 1`` pixels.
     """
     if not _import_triton():
         raise MatchError(f"the Triton matcher needs the 'triton' package ({_IMPORT_ERROR})")
-    qs, tgt, batched = check_inputs(queries, target)
-    if not tgt.is_cuda and not interpreting():
-        raise MatchError(
-            "the Triton matcher needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
-            "imported to run on the CPU"
-        )
-    b, _, h, w = tgt.shape
-    k = qs.shape[1]
-    g = resolve_grid((h, w), out_size, grid)
-    big_h, big_w = g.size
-    if big_h * big_w >= 2**31:
-        raise MatchError(f"output grid {g.size} has too many pixels for int32 indices")
-    if row_ranges is not None and (
-        isinstance(row_ranges, bool) or not isinstance(row_ranges, int) or row_ranges < 1
-    ):
-        raise MatchError(f"row_ranges must be a positive integer, got {row_ranges!r}")
-    dev = tgt.device
-    coords = torch.zeros((b, k, 2), dtype=torch.int64, device=dev)
-    scores = torch.zeros((b, k), dtype=torch.float32, device=dev)
-    if k > 0:
-        rows = g.axis_weights("y", h, device=dev)
-        cols = g.axis_weights("x", w, device=dev)
-        qs = qs.to(dev)
-        for i in range(b):
-            flat, best = _match_one(qs[i], tgt[i], rows, cols, row_ranges)
-            coords[i, :, 0] = flat % big_w
-            coords[i, :, 1] = flat // big_w
-            scores[i] = best
-    return (coords, scores) if batched else (coords[0], scores[0])
+    check_positive_int(row_ranges, "row_ranges")
+
+    def check(tgt: Tensor, g: PixelGrid) -> None:
+        if not tgt.is_cuda and not interpreting():
+            raise MatchError(
+                "the Triton matcher needs CUDA tensors, or TRITON_INTERPRET=1 set before triton "
+                "is imported to run on the CPU"
+            )
+        if g.size[0] * g.size[1] >= 2**31:
+            raise MatchError(f"output grid {g.size} has too many pixels for int32 indices")
+
+    def match_one(q: Tensor, t: Tensor, rows, cols) -> tuple[Tensor, Tensor]:
+        return _match_one(q, t, rows, cols, row_ranges)
+
+    return argmax_over_maps(queries, target, out_size, grid, match_one, check)

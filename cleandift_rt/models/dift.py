@@ -11,12 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
 from .featurenet import FeatureNet, LatentEncoder, images_to_unit_range
 from .noise import add_noise, sd_alphas_cumprod
 from .unet import TruncatedUNet
-
-DIFT_TIMESTEP = 261
-DIFT_ENSEMBLE = 8
 
 
 class DIFTExtractor(nn.Module):

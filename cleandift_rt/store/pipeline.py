@@ -123,7 +123,7 @@ def _provenance(fx) -> dict[str, Any]:
     import json
 
     out: dict[str, Any] = {"description": getattr(fx, "description", "")}
-    for name in ("hub_commits", "provenance", "sources", "metadata"):
+    for name in ("hub_files", "hub_commits", "provenance", "sources", "metadata"):
         value = getattr(fx, name, None)
         if value:
             try:
@@ -139,7 +139,7 @@ def _provenance(fx) -> dict[str, Any]:
 
 def extractor_settings(fx, storage: str, command: str = "") -> dict[str, Any]:
     """``store.json`` for a store written by extractor ``fx`` in ``storage`` dtype."""
-    from ..extractor import DTYPE_NAMES
+    from ..dtypes import DTYPE_NAMES
 
     if storage not in STORAGE_DTYPES:
         raise StoreError(f"unknown --storage '{storage}' (use {', '.join(STORAGE_DTYPES)})")

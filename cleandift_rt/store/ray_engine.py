@@ -96,7 +96,7 @@ class ExtractorActor:
     skipped rows, which the model never sees)."""
 
     def __init__(self, spec: dict[str, Any], storage: str, batch_size: int):
-        from ..evaluation.predictors import build_extractor
+        from ..runtime import build_extractor
 
         self.fx = build_extractor(**spec)
         self.storage = STORAGE_DTYPES[storage]
@@ -124,7 +124,7 @@ class ExtractorActor:
 
 
 def _describe(spec: dict[str, Any], storage: str, command: str) -> dict[str, Any]:
-    from ..evaluation.predictors import build_extractor
+    from ..runtime import build_extractor
 
     return extractor_settings(build_extractor(**spec), storage, command)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections import deque
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import CleanDIFTError, one_line
+from ..files import temporary_sibling
 from ..viz import point_colors
 from .tracker import TrackResult
 
@@ -91,7 +91,7 @@ class VideoOutput:
     def __init__(self, path: str | os.PathLike[str], fps: float = 30.0):
         self.path = check_output_path(path, VIDEO_SUFFIXES, "--out video")
         self.fps = float(fps) if fps and fps > 0 else 30.0
-        self._tmp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:8]}{self.path.suffix}"
+        self._tmp = temporary_sibling(self.path, keep_suffix=True)  # OpenCV reads the suffix
         self._writer: cv2.VideoWriter | None = None
         self.frames = 0
 

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 
 from ..errors import CleanDIFTError, TapError
-from ..extractor import FeatureExtractor, Features
+from ..extractor import FeatureExtractor
 from ..imaging import load_image
-from ..matching import PixelGrid, cosine_argmax_fast, sample_descriptors
+from ..matching import PixelGrid, cosine_argmax, cosine_argmax_window, sample_descriptors
 from .sources import CaptureThread, Frame, FrameSource, open_source, resolve_buffer
 from .upload import FrameUploader, synchronize
-from .window import cosine_argmax_window
 
 MODES = ("anchor", "chain")
 STAGES = ("capture", "upload", "extract", "match", "total")
@@ -183,23 +182,19 @@ class Tracker:
         prepared = self.extractor.prepare(image)[0]
         t1 = time.perf_counter()
         batch = self.uploader(prepared.array)
-        smallest = self.extractor.batch_range[0]
-        if smallest > 1:  # an artifact exported for larger batches: fill with copies
-            batch = batch.expand(smallest, -1, -1, -1).contiguous()
         synchronize(self.device)
         t2 = time.perf_counter()
-        maps = self.extractor.runner(batch)
+        feats = self.extractor.extract_prepared(batch, [prepared.transform])
         self.uploader.consumed()
         synchronize(self.device)
         t3 = time.perf_counter()
-        feats = Features(maps, [prepared.transform], dict(self.extractor.strides))
         ms = {"prepare": (t1 - t0) * 1e3, "upload": (t2 - t1) * 1e3, "extract": (t3 - t2) * 1e3}
         return feats[self.tap][0], feats.grid(0, self.tap), ms
 
     def _init_reference(self, fmap: torch.Tensor, grid: PixelGrid) -> None:
         h, w = grid.size
         if self.initial_points is None:
-            from ..demo import grid_points
+            from ..geometry import grid_points
 
             pts = grid_points((h, w), int(self.grid))
         else:
@@ -227,7 +222,7 @@ class Tracker:
         assert st is not None
         q = st["queries"]
         if self.radius is None:
-            coords, scores = cosine_argmax_fast(q, fmap, grid=grid)
+            coords, scores = cosine_argmax(q, fmap, grid=grid)
         else:
             coords, scores = cosine_argmax_window(q, fmap, grid, st["centers"], self.radius)
         found = coords.to(torch.float32)
@@ -236,7 +231,7 @@ class Tracker:
         if self.mutual or self.mode == "chain":
             here = sample_descriptors(fmap, found, grid).to(torch.float32)  # (K, C)
         if self.mutual:
-            back, _ = cosine_argmax_fast(here, st["source_map"], grid=st["source_grid"])
+            back, _ = cosine_argmax(here, st["source_map"], grid=st["source_grid"])
             dist = torch.linalg.vector_norm(back.to(torch.float32) - st["source_points"], dim=1)
             lost |= dist > st["tolerance"]
         good = ~lost

@@ -6,8 +6,8 @@ package, 0 when the library was built without libtorch).
 OUT_DIR/manifest.txt lists every array as ``array NAME DTYPE D0 D1 ...`` (raw little-endian
 C-order data in OUT_DIR/NAME.bin) and scalars as ``value KEY TEXT``. Contents:
 
-* matcher references from the Python matcher (cleandift_rt.matching): ``cosine_argmax`` over an
-  interpolate grid and an input-transform grid, ``sample_descriptors``, ``mutual_nearest``;
+* matcher references from the Python matcher (cleandift_rt.matching): ``cosine_argmax_reference``
+  over an interpolate grid and an input-transform grid, ``sample_descriptors``, ``mutual_nearest``;
 * with WITH_AOTI=1: ONE AOTInductor package of the ``tiny`` model (taps us6, mid; 64x64; batch
   1..4; fp32), its input photos, the PyTorch taps of those photos, broken copies of its sidecar
   (mismatched taps, another torch version, another format version, another file name) and two
@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cleandift_rt.matching import PixelGrid, cosine_argmax, mutual_nearest, sample_descriptors
+from cleandift_rt.matching import (
+    PixelGrid,
+    cosine_argmax_reference,
+    mutual_nearest,
+    sample_descriptors,
+)
 
 TAPS = ("us6", "mid")
 SIZE = (64, 64)
@@ -71,12 +76,12 @@ def matcher_references(m: Manifest) -> None:
     m.array("source", source)
     m.array("queries", queries)
     # 1. interpolate grid (F.interpolate to 53 x 61)
-    coords, scores = cosine_argmax(queries, target, (53, 61))
+    coords, scores = cosine_argmax_reference(queries, target, (53, 61))
     m.array("argmax_interp_xy", coords)
     m.array("argmax_interp_scores", scores)
     # 2. an original image resized (x 0.4) and padded (offset 3, 5) into a stride-8 network
     grid = PixelGrid.from_input_transform((170, 150), (0.4, 0.4), (3.0, 5.0), (8.0, 8.0))
-    coords, scores = cosine_argmax(queries, target, grid=grid)
+    coords, scores = cosine_argmax_reference(queries, target, grid=grid)
     m.array("argmax_transform_xy", coords)
     m.array("argmax_transform_scores", scores)
     # 3. sample_descriptors at float points of a 40 x 33 interpolate grid

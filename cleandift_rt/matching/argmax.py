@@ -1,8 +1,8 @@
-"""Pick the fastest exact cosine-argmax implementation for the inputs at hand.
+"""``cosine_argmax``: the exact upsampled cosine argmax on the fastest exact backend.
 
 * ``"triton"``: fused Triton kernels (:mod:`.triton_argmax`), the default for CUDA tensors when
   ``triton`` is importable (and not in interpreter mode);
-* ``"torch"``: the low-resolution torch method (:mod:`.lowres`), the default otherwise;
+* ``"lowres"``: the low-resolution torch method (:mod:`.lowres`), the default otherwise;
 * ``"reference"``: the banded reference (:mod:`.reference`), the ground truth.
 
 All three return the same matches (up to float32 rounding) with the same ties and errors.
@@ -17,21 +17,26 @@ from torch import Tensor
 from cleandift_rt.errors import MatchError
 from cleandift_rt.matching.grid import PixelGrid
 from cleandift_rt.matching.lowres import cosine_argmax_lowres
-from cleandift_rt.matching.reference import cosine_argmax
+from cleandift_rt.matching.reference import cosine_argmax_reference
 from cleandift_rt.matching.triton_argmax import (
     cosine_argmax_triton,
     interpreting,
     triton_available,
 )
 
-__all__ = ["BACKENDS", "cosine_argmax_fast", "select_backend"]
+__all__ = ["BACKENDS", "cosine_argmax", "select_backend"]
 
-Backend = Literal["auto", "torch", "triton", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
+Backend = Literal["auto", "triton", "lowres", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "lowres", "reference")
+_IMPLEMENTATIONS = {
+    "triton": cosine_argmax_triton,
+    "lowres": cosine_argmax_lowres,
+    "reference": cosine_argmax_reference,
+}
 
 
 def select_backend(target: Tensor, backend: str = "auto") -> str:
-    """The backend that ``cosine_argmax_fast`` runs for ``target`` (``"auto"`` resolved).
+    """The backend that ``cosine_argmax`` runs for ``target`` (``"auto"`` resolved).
 
     Raises:
         MatchError: unknown backend name.
@@ -43,10 +48,10 @@ def select_backend(target: Tensor, backend: str = "auto") -> str:
     # Compiled kernels only: under TRITON_INTERPRET=1 the torch method is far faster.
     if isinstance(target, Tensor) and target.is_cuda and triton_available() and not interpreting():
         return "triton"
-    return "torch"
+    return "lowres"
 
 
-def cosine_argmax_fast(
+def cosine_argmax(
     queries: Tensor,
     target: Tensor,
     out_size: tuple[int, int] | None = None,
@@ -54,27 +59,29 @@ def cosine_argmax_fast(
     grid: PixelGrid | None = None,
     backend: Backend = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """:func:`~cleandift_rt.matching.reference.cosine_argmax` on the fastest exact backend.
+    """Best-matching output pixel of each query in the bilinearly upsampled target map.
+
+    Exactly the naive DIFT pipeline (upsample the map with ``F.interpolate(mode="bilinear",
+    align_corners=False)``, ``F.normalize`` every pixel, dot with the normalised queries,
+    argmax over pixels), without ever building the upsampled map, on the fastest exact backend.
 
     Args:
         queries: ``(K, C)`` descriptors, or ``(B, K, C)`` for a batched target (any float dtype).
         target: ``(C, h, w)`` feature map, or a batch ``(B, C, h, w)``.
         out_size: ``(H, W)``: match on the ``F.interpolate`` grid of that size.
-        grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``).
-        backend: ``"auto"`` (compiled Triton for CUDA tensors when available, else torch), or force
-            ``"torch"``, ``"triton"`` (CUDA, or the CPU interpreter under ``TRITON_INTERPRET=1``)
-            or ``"reference"``.
+        grid: an explicit :class:`PixelGrid` (mutually exclusive with ``out_size``). With neither,
+            the feature grid itself is searched.
+        backend: ``"auto"`` (compiled Triton for CUDA tensors when available, else ``"lowres"``),
+            or force ``"lowres"``, ``"triton"`` (CUDA, or the CPU interpreter under
+            ``TRITON_INTERPRET=1``) or ``"reference"`` (the banded ground truth).
 
     Returns:
-        ``coords`` ``(K, 2)`` int64 ``(x, y)`` and ``scores`` ``(K,)`` float32 (``(B, K, 2)``
-        and ``(B, K)`` when batched), on ``target.device``; ties go to the lowest ``y * W + x``.
+        ``coords`` ``(K, 2)`` int64 ``(x, y)`` and ``scores`` ``(K,)`` float32 cosine similarity
+        (``(B, K, 2)`` and ``(B, K)`` when batched), on ``target.device``; ties go to the lowest
+        ``y * W + x``.
 
     Raises:
         MatchError: unknown backend, Triton forced but unusable, or bad inputs.
     """
     chosen = select_backend(target, backend)
-    if chosen == "triton":
-        return cosine_argmax_triton(queries, target, out_size, grid=grid)
-    if chosen == "reference":
-        return cosine_argmax(queries, target, out_size, grid=grid)
-    return cosine_argmax_lowres(queries, target, out_size, grid=grid)
+    return _IMPLEMENTATIONS[chosen](queries, target, out_size, grid=grid)

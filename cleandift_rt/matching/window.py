@@ -2,7 +2,7 @@
 
 Tracking knows roughly where each point is (its last position), so a match far away is a wrong
 match. :func:`cosine_argmax_window` evaluates the same score as
-:func:`~cleandift_rt.matching.cosine_argmax_fast` (cosine between the query and the bilinearly
+:func:`~cleandift_rt.matching.cosine_argmax` (cosine between the query and the bilinearly
 upsampled target map, computed from low-resolution dot products and the per-cell Gram entries)
 but only at the pixels within ``radius`` of each query's centre, and returns the best of those.
 Memory is ``O(K · h·w + K · P + H·W)`` with ``P ≈ π · radius²`` window pixels; queries are
@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import MatchError
-from ..matching import PixelGrid
-from ..matching.lowres import cell_gram, inverse_norms
+from cleandift_rt.errors import MatchError
+from cleandift_rt.matching.frontend import NORM_EPS
+from cleandift_rt.matching.grid import PixelGrid
+from cleandift_rt.matching.lowres import cell_gram, inverse_norms
 
 # Window scores per chunk of queries (K_chunk * P floats): ~16 MB of float32.
 _CHUNK_FLOATS = 4 * 1024 * 1024
@@ -83,7 +84,7 @@ def cosine_argmax_window(
     ri, rw = grid.axis_weights("y", h, device=dev)  # (H, 2) int64, (H, 2) float32
     ci, cw = grid.axis_weights("x", w, device=dev)  # (W, 2)
     inv_norm = inverse_norms(cell_gram(t), (ri, rw), (ci, cw))  # (H, W)
-    qn = F.normalize(queries.to(device=dev, dtype=torch.float32), dim=1, eps=1e-12)
+    qn = F.normalize(queries.to(device=dev, dtype=torch.float32), dim=1, eps=NORM_EPS)
     dots = qn @ t.reshape(c, h * w)  # (K, h·w)
     center = centers.to(dev).round().to(torch.int64)
     center[:, 0].clamp_(0, big_w - 1)
