@@ -203,30 +203,65 @@ def match(
 
 
 @click.command()
-@click.option("--model", default="toy", show_default=True, help="Model to run (see `extract`).")
+@click.option(
+    "--model",
+    default="auto",
+    show_default=True,
+    help="Model to run (see `extract`); auto: sd21 when cached or downloadable, else toy.",
+)
 @click.option("--tap", "taps", default="us6", show_default=True)
 @click.option("--image", default=None, help="Your own photo (default: scikit-image's astronaut).")
 @click.option(
     "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
 )
+@click.option(
+    "--compare-base",
+    default="auto",
+    show_default=True,
+    help="Base model scored beside it (auto: toy-base for toy; none: no comparison).",
+)
 @click.option("--resolution", type=int, default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
+def demo(model, taps, image, out_dir, compare_base, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
-    from ..demo import run_demo
+    from ..demo import BASE_OF, choose_model, run_demo
     from ..imaging import load_image
 
     photo = load_image(image) if image is not None else None
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CleanDIFTError(f"--out-dir '{out_dir}' exists and is not a folder")
+    chosen = None
+    if model == "auto":
+        model, chosen = choose_model()
+        if "downloading" in chosen:  # before the download's progress bars
+            click.echo(chosen, err=True)
     fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
-    report = run_demo(fx, out_dir, photo)
-    lines = [
+    base_name = BASE_OF.get(model) if compare_base == "auto" else compare_base
+    base = None
+    if base_name and base_name != "none":
+        base = open_extractor(base_name, None, resolution, "square", device, dtype, None, taps)
+    report = run_demo(fx, out_dir, photo, base=base)
+    nm, b = report.no_motion, report.base
+    lines = [chosen] if chosen and "downloading" not in chosen else []
+    lines += [
         f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",
         f"  PCK@0.05 {report.pck_05:.2f}   PCK@0.10 {report.pck_10:.2f}   "
         f"mean error {report.mean_error_px:.1f} px",
-        f"  wrote {report.correspondences_png} (grey lines: off by more than 10 % of the size)",
-        f"  wrote {report.features_png} (joint PCA of the features)",
+    ]
+    if b is not None:
+        lines.append(
+            f"  base {b['model']}: PCK@0.05 {b['pck_05']:.2f}   PCK@0.10 {b['pck_10']:.2f}   "
+            f"mean error {b['mean_error_px']:.1f} px"
+        )
+    lines += [
+        f"  no motion: PCK@0.05 {nm['pck_05']:.2f}   PCK@0.10 {nm['pck_10']:.2f}   "
+        f"mean error {nm['mean_error_px']:.1f} px",
+        f"  cycle check: {report.cycle_consistent} of {report.points} matches come back within "
+        f"{report.cycle_radius_px:.0f} px",
+        f"  wrote {report.correspondences_png} (thick: passes the cycle check; thin grey: fails)",
+        f"  wrote {report.features_png} (joint PCA of the features over the photos)",
     ]
     if report.random_weights:
         lines.append(
@@ -234,4 +269,5 @@ def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
             "feature quality (random features do not match real photos). Run --model sd21 with "
             "the weights downloaded for real correspondences."
         )
-    emit(report.to_dict(), as_json, "\n".join(lines))
+    payload = report.to_dict() | ({"auto": chosen} if chosen else {})
+    emit(payload, as_json, "\n".join(lines))
