@@ -52,9 +52,9 @@ TOY_SOURCES := python -m training.toy_sources --cache $(TOY_RUN) --out $(TOY_RUN
 TOY_STAGE1 := python -m training.pretrain_toy --out $(TOY_RUN)/stage1
 TOY_PRETRAIN := python -m training.pretrain_toy --out $(TOY_RUN)/pretrain \
   --init $(TOY_RUN)/stage1/model --images $(TOY_RUN)/sources/train --vae-steps 0 \
-  --unet-steps 400 --unet-lr 2e-4 --warmup 20 --save-every 50
+  --unet-steps 300 --unet-lr 2e-4 --warmup 20 --save-every 50
 TOY_DISTILL := python -m training.distill --teacher toy-base --data $(TOY_RUN)/photos \
-  --out $(TOY_RUN)/distill --steps 100 --batch-size 8 --lr 1e-4 --warmup 10 --workers 0 \
+  --out $(TOY_RUN)/distill --steps 60 --batch-size 8 --lr 1e-4 --warmup 10 --workers 0 \
   --save-every 25 --val-every 50
 
 toy-weights: $(VENV)/.installed

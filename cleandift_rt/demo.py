@@ -31,6 +31,7 @@ DEMO_WARP = {"angle_deg": 15.0, "scale": 0.85, "shift": (0.10, -0.07), "tilt": 0
 #: the base U-Net each distilled preset is compared with (its teacher, single clean pass)
 BASE_OF = {"toy": "toy-base"}
 AUTO_MODEL, OFFLINE_MODEL, HUB_TIMEOUT_S = "sd21", "toy", 3.0
+CYCLE_RADIUS = 0.05  # cycle check tolerance, fraction of the image's longer side
 
 
 def demo_image(name: str = "astronaut") -> np.ndarray:
@@ -138,8 +139,8 @@ class DemoReport:
 
 def _score_line(label: str, s: dict[str, float]) -> str:
     return (
-        f"{label:<34s} PCK@0.1 {s['pck_10']:.2f}   PCK@0.05 {s['pck_05']:.2f}   "
-        f"mean error {s['mean_error_px']:5.1f} px"
+        f"{label}\tPCK@0.1  {s['pck_10']:.2f}\tPCK@0.05  {s['pck_05']:.2f}"
+        f"\tmean error  {s['mean_error_px']:.0f} px"
     )
 
 
@@ -173,8 +174,10 @@ def run_demo(
     if base is not None:
         base_result = base.match_features(base([src, tgt]), points)
         base_scores = {"model": base.model_name} | _scores(base_result.target_points, truth, side)
-    stride = side / max(feats[result.tap].shape[-2:])  # one feature cell in image pixels
-    consistent = cycle_check(extractor, feats, result, stride)
+    radius = CYCLE_RADIUS * side
+    consistent = cycle_check(extractor, feats, result, radius)
+    correct = np.linalg.norm(result.target_points - truth, axis=1) <= 0.1 * side
+    pck_consistent = float(correct[consistent].mean()) if consistent.any() else None
 
     label = f"{extractor.model_name} (tap {result.tap})"
     lines = [_score_line(label, scores)]
@@ -193,10 +196,11 @@ def run_demo(
         radius=5,
     )
     n_drawn, n_ok = int(drawn.sum()), int(consistent[drawn].sum())
+    kept = "" if pck_consistent is None else f"; {pck_consistent:.0%} of them within 10 %"
     legend = [
-        f"passes the cycle check (matched back, lands within {stride:.0f} px): {n_ok} of "
-        f"{n_drawn} drawn",
-        "fails the cycle check",
+        f"coloured: passes the cycle check (matched back, lands within {radius:.0f} px): "
+        f"{n_ok} of {n_drawn} drawn{kept}",
+        "thin grey: fails the cycle check",
     ]
     out = Path(out_dir)
     corr_png = save_png(
@@ -233,16 +237,8 @@ def run_demo(
         no_motion=no_motion,
         base=base_scores,
         cycle_consistent=int(consistent.sum()),
-        cycle_radius_px=float(stride),
-        pck_10_cycle_consistent=(
-            float(
-                (np.linalg.norm(result.target_points - truth, axis=1) <= 0.1 * side)[
-                    consistent
-                ].mean()
-            )
-            if consistent.any()
-            else None
-        ),
+        cycle_radius_px=float(radius),
+        pck_10_cycle_consistent=pck_consistent,
     )
 
 
@@ -268,10 +264,15 @@ def _needed_files(name: str) -> list[tuple[str, str]]:
     return needed + ([preset.unet_file] if preset.unet_file else [])
 
 
-def _missing_from_cache(files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _missing_from_cache(
+    files: list[tuple[str, str]], cache_dir: str | None = None
+) -> list[tuple[str, str]]:
     from huggingface_hub import try_to_load_from_cache
 
-    return [(r, f) for r, f in files if not isinstance(try_to_load_from_cache(r, f), str)]
+    def cached(repo: str, name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str)
+
+    return [(r, f) for r, f in files if not cached(r, f)]
 
 
 def _download_bytes(missing: list[tuple[str, str]], timeout: float) -> int:
@@ -286,13 +287,15 @@ def _download_bytes(missing: list[tuple[str, str]], timeout: float) -> int:
     return total
 
 
-def choose_model(name: str = AUTO_MODEL, timeout: float = HUB_TIMEOUT_S) -> tuple[str, str]:
-    """(model, one line saying why) for ``--model auto``: ``name`` when its files are cached or
-    the hub answers within ``timeout`` seconds (then it downloads, with progress bars), else
-    the bundled offline model."""
+def choose_model(
+    name: str = AUTO_MODEL, timeout: float = HUB_TIMEOUT_S, cache_dir: str | None = None
+) -> tuple[str, str]:
+    """(model, one line saying why) for ``--model auto``: ``name`` when its files are in the
+    Hugging Face cache (``cache_dir``: default the hub's) or the hub answers within ``timeout``
+    seconds (then it downloads, with progress bars), else the bundled offline model."""
     files = _needed_files(name)
     try:
-        missing = _missing_from_cache(files)
+        missing = _missing_from_cache(files, cache_dir)
     except ImportError:
         return OFFLINE_MODEL, f"model auto: {OFFLINE_MODEL} (huggingface_hub not installed)"
     if not missing:

@@ -598,12 +598,14 @@ def add_caption(
     canvas: np.ndarray,
     lines: Sequence[str],
     swatches: Sequence[tuple[tuple[int, int, int], int] | None] | None = None,
+    tab: float = 0.2,
 ) -> np.ndarray:
     """``canvas`` with a white strip below holding one text line per entry of ``lines``.
 
     Args:
         canvas: uint8 ``(H, W, 3)`` RGB.
-        lines: the caption's text (ASCII; drawn with OpenCV's Hershey font).
+        lines: the caption's text (ASCII; drawn with OpenCV's Hershey font); a tab character
+            starts a column, columns every ``tab`` × the width after the first one's end.
         swatches: per line, None or ``(rgb, thickness)`` of a short line sample drawn before the
             text (a legend entry).
 
@@ -624,7 +626,11 @@ def add_caption(
             colour, thick = mark
             cv2.line(strip, (x, y - step // 4), (x + 40, y - step // 4), _rgb_tuple(colour), thick)
             x += 52
-        cv2.putText(strip, text, (x, y), font, scale, black, 1, cv2.LINE_AA)
+        first, *rest = text.split("\t")
+        cv2.putText(strip, first, (x, y), font, scale, black, 1, cv2.LINE_AA)
+        for c, part in enumerate(rest):
+            cx = int(width * (0.34 + tab * c))
+            cv2.putText(strip, part, (cx, y), font, scale, black, 1, cv2.LINE_AA)
     return np.concatenate([image, strip], axis=0)
 
 
