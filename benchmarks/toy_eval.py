@@ -143,6 +143,8 @@ def comparisons(rows: list[dict], set_name: str, taps: list[str]) -> dict:
     by = {r["method"]: r for r in rows if r["method"] != "dift"}
     dift = [r for r in rows if r["method"] == "dift"]
     out = {}
+    if "clean" not in by:
+        return out
     for tap in taps:
         clean = by["clean"]["sets"][set_name][tap]
         item: dict = {}
@@ -161,20 +163,19 @@ def comparisons(rows: list[dict], set_name: str, taps: list[str]) -> dict:
     return out
 
 
-def plot(record: dict, path: Path, tap: str, size=(520, 820), set_name: str = "warps") -> None:
-    """PCK@0.1 of DIFT against t (blue) with the single-pass methods as horizontal lines."""
+def plot(
+    record: dict, path: Path, tap: str, alpha: float = 0.1, size=(520, 820), set_name="warps"
+) -> None:
+    """PCK@alpha of DIFT against t (blue) with the single-pass methods as horizontal lines."""
+    key = f"pck@{alpha:g}"
     h, w = size
     left, right, top, bottom = 70, 230, 50, 60
     canvas = np.full((h, w, 3), 255, np.uint8)
     dift = sorted(
-        (r["t"], r["sets"][set_name][tap]["pck@0.1"])
-        for r in record["rows"]
-        if r["method"] == "dift"
+        (r["t"], r["sets"][set_name][tap][key]) for r in record["rows"] if r["method"] == "dift"
     )
     singles = [
-        (r["label"], r["sets"][set_name][tap]["pck@0.1"])
-        for r in record["rows"]
-        if r["method"] != "dift"
+        (r["label"], r["sets"][set_name][tap][key]) for r in record["rows"] if r["method"] != "dift"
     ]
     t_max = max([t for t, _ in dift] + [1])
 
@@ -192,7 +193,7 @@ def plot(record: dict, path: Path, tap: str, size=(520, 820), set_name: str = "w
         x, _ = xy(t, 0)
         cv2.putText(canvas, f"{t}", (x - 12, h - bottom + 20), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.rectangle(canvas, (left, top), (w - right, h - bottom), black, 1)
-    title = f"PCK@0.1 on held-out homographies, tap {tap}"
+    title = f"PCK@{alpha:g} on held-out homographies, tap {tap}"
     cv2.putText(canvas, title, (left, 30), font, 0.55, black, 1, cv2.LINE_AA)
     cv2.putText(canvas, "DIFT timestep t", (left + 180, h - 15), font, 0.5, black, 1, cv2.LINE_AA)
     blue = (31, 119, 180)
@@ -226,10 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--student", default="toy", help="CleanDIFT model (a preset or a file).")
     ap.add_argument(
-        "--skip", default="", help="Cases to leave out (comma-separated): base, tiny, dift."
+        "--skip",
+        default="",
+        help="Cases to leave out (comma-separated): student, base, tiny, dift.",
+    )
+    ap.add_argument(
+        "--reuse",
+        default=None,
+        help="A record of the same pairs (JSON): take rows with the same labels from it.",
     )
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--plot-alpha", type=float, default=0.1, help="PCK threshold plotted.")
     args = ap.parse_args(argv)
     taps = [t for t in args.taps.split(",") if t]
     ts = [int(t) for t in args.ts.split(",") if t]
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     skip, ens = {c for c in args.skip.split(",") if c}, args.ensemble
     name = Path(args.student).stem if Path(args.student).is_file() else args.student
-    cases = [(f"CleanDIFT {name}", "clean", dict(model=args.student))]
+    cases = [] if "student" in skip else [(f"CleanDIFT {name}", "clean", dict(model=args.student))]
     if "base" not in skip:
         cases.append(("toy-base single pass", "base", dict(model="toy-base")))
     if "tiny" not in skip:
@@ -251,8 +260,27 @@ def main(argv: list[str] | None = None) -> int:
             (f"DIFT toy-base t={t}", "dift", dict(model="toy-base", dift=True, t=t, ensemble=ens))
             for t in ts
         ]
+    set_info = {
+        n: {
+            "pairs": len(p),
+            "points": int(sum(len(q.source_points) for q in p)),
+            "photos": sorted({q.name.split("#")[0] for q in p}),
+        }
+        for n, p in sets.items()
+    }
+    reused = {}
+    if args.reuse:
+        old = json.loads(Path(args.reuse).read_text())
+        if old.get("sets") != set_info or old.get("ensemble") != ens:
+            sys.exit(f"error: --reuse {args.reuse} was measured on other pairs or ensemble")
+        reused = {r["label"]: r for r in old["rows"] if set(taps) <= set(r["sets"]["warps"])}
     rows = []
     for label, method, kwargs in cases:
+        if label in reused:  # same pairs, same code: deterministic up to the DIFT noise draws
+            result = {n: {t: reused[label]["sets"][n][t] for t in taps} for n in sets}
+            rows.append(reused[label] | {"sets": result, "reused_from": args.reuse})
+            print(f"{label:24s} (from {args.reuse})", file=sys.stderr, flush=True)
+            continue
         result = run_case(sets, taps, args.resolution, device="cpu", **kwargs)
         rows.append({"label": label, "method": method, "t": kwargs.get("t"), "sets": result})
         cells = "  ".join(
@@ -263,14 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:24s} PCK@0.05/0.1  {cells}", file=sys.stderr, flush=True)
     record = {
         "command": "python benchmarks/toy_eval.py " + " ".join(argv or sys.argv[1:]),
-        "sets": {
-            n: {
-                "pairs": len(p),
-                "points": int(sum(len(q.source_points) for q in p)),
-                "photos": sorted({q.name.split("#")[0] for q in p}),
-            }
-            for n, p in sets.items()
-        },
+        "sets": set_info,
         "ensemble": args.ensemble,
         "resolution": args.resolution,
         "machine": machine_info(),
@@ -286,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     if args.plot and "dift" not in skip:
-        plot(record, Path(args.plot), taps[0])
+        plot(record, Path(args.plot), taps[0], args.plot_alpha)
     return 0
 
 
