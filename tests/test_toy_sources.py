@@ -134,3 +134,12 @@ def test_ground_truth_homography_is_rewritten_for_the_downscaled_pixels(tmp_path
     expected = a @ (h @ p)
     got = m @ (a @ p)
     np.testing.assert_allclose(got[:2] / got[2], expected[:2] / expected[2], atol=1e-9)
+
+
+def test_training_photos_refuse_a_held_out_photo(tmp_path):
+    from cleandift_rt.errors import CleanDIFTError
+    from training.toy_photos import training_photos
+
+    cv2.imwrite(str(tmp_path / "opencv-doc--graf1.png"), np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(CleanDIFTError, match="held out"):
+        training_photos(str(tmp_path))
