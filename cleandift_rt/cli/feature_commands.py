@@ -209,7 +209,9 @@ def match(
     show_default=True,
     help="Model to run (see `extract`); auto: sd21 when cached or downloadable, else toy.",
 )
-@click.option("--tap", "taps", default="us6", show_default=True)
+@click.option(
+    "--tap", "taps", default=None, help="Tap (default: us9 for the toy models, else us6)."
+)
 @click.option("--image", default=None, help="Your own photo (default: scikit-image's astronaut).")
 @click.option(
     "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
@@ -226,7 +228,7 @@ def match(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(model, taps, image, out_dir, compare_base, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
-    from ..demo import BASE_OF, choose_model, run_demo
+    from ..demo import BASE_OF, DEMO_TAP, choose_model, run_demo
     from ..imaging import load_image
 
     photo = load_image(image) if image is not None else None
@@ -237,6 +239,7 @@ def demo(model, taps, image, out_dir, compare_base, resolution, device, dtype, a
         model, chosen = choose_model()
         if "downloading" in chosen:  # before the download's progress bars
             click.echo(chosen, err=True)
+    taps = taps or DEMO_TAP.get(model, "us6")
     fx = open_extractor(model, None, resolution, "square", device, dtype, None, taps)
     base_name = BASE_OF.get(model) if compare_base == "auto" else compare_base
     base = None
