@@ -28,7 +28,9 @@ from .files import write_bytes
 
 __all__ = [
     "SideBySideLayout",
+    "add_caption",
     "draw_correspondences",
+    "feature_overlays",
     "feature_panel",
     "pca_rgb",
     "point_colors",
@@ -277,6 +279,7 @@ def draw_correspondences(
     max_height: int | None = None,
     radius: float | None = None,
     thickness: int | None = None,
+    rejected_thickness: int | None = None,
 ) -> np.ndarray:
     """Draw point correspondences between two images placed side by side.
 
@@ -294,6 +297,8 @@ def draw_correspondences(
         max_height: cap on the composite height (default 768).
         radius: marker radius in composite pixels (float, default ~height / 150).
         thickness: line thickness in composite pixels (int, default ~height / 400, >= 1).
+        rejected_thickness: line thickness of the ``keep=False`` pairs (default ``thickness``);
+            their markers are drawn at half the radius when it is thinner.
 
     Returns:
         uint8 ``(height, w1' + gap + w2', 3)`` RGB composite.
@@ -327,6 +332,10 @@ def draw_correspondences(
     t = int(thickness) if thickness is not None else max(1, round(lay.height / 400))
     if not r > 0 or t < 1:
         raise ValueError(f"radius must be > 0 and thickness >= 1, got {radius}, {thickness}")
+    t_rejected = t if rejected_thickness is None else int(rejected_thickness)
+    if t_rejected < 1:
+        raise ValueError(f"rejected_thickness must be >= 1, got {rejected_thickness}")
+    r_rejected = r if t_rejected >= t else max(1.0, r / 2)
 
     a = lay.src_to_composite(sp)
     b = lay.tgt_to_composite(tp)
@@ -336,8 +345,8 @@ def draw_correspondences(
 
     # Rejected pairs first (underneath), opaque grey.
     rejected = np.flatnonzero(~kept)
-    _draw_lines(canvas, a, b, fill, rejected, t)
-    _draw_markers(canvas, (a, b), fill, outline, rejected, r)
+    _draw_lines(canvas, a, b, fill, rejected, t_rejected)
+    _draw_markers(canvas, (a, b), fill, outline, rejected, r_rejected)
 
     # Kept pairs: lines grouped by opacity level, from faint to opaque, then markers on top.
     accepted = np.flatnonzero(kept)
@@ -559,6 +568,71 @@ def feature_panel(
             tiles.append(gap)
         tiles += [_resize(im, height, w), gap, pc]
     return np.concatenate(tiles, axis=1)
+
+
+def feature_overlays(
+    images: Sequence[np.ndarray],
+    feature_maps: Sequence[FeatureMap],
+    *,
+    alpha: float = 0.6,
+) -> list[np.ndarray]:
+    """Each image with its joint-PCA feature picture upsampled (bilinear) and blended on top.
+
+    One :func:`pca_rgb` fit over all maps (same colour = same feature in every image), each
+    picture resized to its image's ``(H, W)`` and mixed as ``alpha · pca + (1 − alpha) · image``,
+    so parts that correspond show the same colour at the same place of the photo.
+
+    Returns:
+        uint8 ``(H, W, 3)`` RGB per image, in input order.
+    """
+    imgs = [_as_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+    maps = list(feature_maps)
+    if not imgs or len(imgs) != len(maps):
+        raise ValueError(f"need equally many images and feature maps, got {len(imgs)}, {len(maps)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    pcas = pca_rgb(maps, [im.shape[:2] for im in imgs], interpolation="linear")
+    return [cv2.addWeighted(pc, alpha, im, 1.0 - alpha, 0.0) for im, pc in zip(imgs, pcas)]
+
+
+def add_caption(
+    canvas: np.ndarray,
+    lines: Sequence[str],
+    swatches: Sequence[tuple[tuple[int, int, int], int] | None] | None = None,
+    tab: float = 0.2,
+) -> np.ndarray:
+    """``canvas`` with a white strip below holding one text line per entry of ``lines``.
+
+    Args:
+        canvas: uint8 ``(H, W, 3)`` RGB.
+        lines: the caption's text (ASCII; drawn with OpenCV's Hershey font); a tab character
+            starts a column, columns every ``tab`` × the width after the first one's end.
+        swatches: per line, None or ``(rgb, thickness)`` of a short line sample drawn before the
+            text (a legend entry).
+
+    Returns:
+        uint8 ``(H + strip, W, 3)`` RGB.
+    """
+    image = _as_rgb(canvas, "canvas")
+    width = image.shape[1]
+    scale = float(np.clip(width / 1400, 0.4, 0.8))
+    step = int(round(34 * scale)) + 6
+    strip = np.full((step * len(lines) + step // 2, width, 3), 255, np.uint8)
+    marks = list(swatches) if swatches is not None else [None] * len(lines)
+    font, black = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0)
+    for k, (text, mark) in enumerate(zip(lines, marks)):
+        y = step * (k + 1)
+        x = 10
+        if mark is not None:
+            colour, thick = mark
+            cv2.line(strip, (x, y - step // 4), (x + 40, y - step // 4), _rgb_tuple(colour), thick)
+            x += 52
+        first, *rest = text.split("\t")
+        cv2.putText(strip, first, (x, y), font, scale, black, 1, cv2.LINE_AA)
+        for c, part in enumerate(rest):
+            cx = int(width * (0.34 + tab * c))
+            cv2.putText(strip, part, (cx, y), font, scale, black, 1, cv2.LINE_AA)
+    return np.concatenate([image, strip], axis=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from training.pretrain_toy import PretrainConfig, pretrain
 from training.toy_photos import HELD_OUT, random_crops, training_photos
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_MARGIN = 0.3  # PCK@0.1 of toy over "no motion" on the demo warp, at least
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,12 +109,25 @@ def _pck(model: str, pairs) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_toy_recovers_homographies_of_held_out_photos_far_above_tiny():
-    """The recorded benchmark's pairs (benchmarks/results/toy_eval_cpu.json): same code, tiny vs
-    toy."""
+    """The recorded scikit-image pairs (benchmarks/results/toy_eval_cpu_skimage.json: toy
+    0.691 / 0.421 at PCK@0.1 / 0.05, tiny 0.515 / 0.209): same code, tiny vs toy."""
     pairs = make_pairs(load_photos(), pairs_per_image=4, seed=0)
     toy, tiny = _pck("toy", pairs), _pck("tiny", pairs)
-    assert toy["img@0.1"] >= 0.6, (toy, tiny)
-    assert toy["img@0.05"] >= 1.5 * tiny["img@0.05"], (toy, tiny)
+    assert toy["img@0.1"] >= 0.65 and toy["img@0.1"] >= tiny["img@0.1"] + 0.15, (toy, tiny)
+    assert toy["img@0.05"] >= 1.8 * tiny["img@0.05"], (toy, tiny)
+
+
+def test_toy_beats_standing_still_on_the_demo_warp(tmp_path):
+    """`make demo`'s warp of its photo (held out from training): the trained toy must find the
+    motion that "no motion" misses (recorded: toy 0.72 / 48 px, no motion 0.31 / 69 px)."""
+    from cleandift_rt.demo import DEMO_TAP, run_demo
+
+    fx = build_extractor("toy", (DEMO_TAP["toy"],), device="cpu")
+    base = build_extractor("toy-base", (DEMO_TAP["toy"],), device="cpu")
+    report = run_demo(fx, tmp_path, base=base)
+    assert report.no_motion["pck_10"] <= 0.35  # standing still fails on this warp
+    assert report.pck_10 >= report.no_motion["pck_10"] + DEMO_MARGIN, report
+    assert report.mean_error_px < report.no_motion["mean_error_px"], report
 
 
 # ---------------------------------------------------------------- photos and pretraining
@@ -231,3 +245,19 @@ def test_release_and_photo_tools_reject_bad_input_without_writing(
     err = capsys.readouterr().err.strip().splitlines()
     assert code.value.code == 2 and len(err) == 1 and message in err[0], err
     assert not dest.exists()
+
+
+def test_pretraining_continues_from_a_toy_folder_keeping_a_skipped_phase(tmp_path):
+    """Stage 2 of `make toy-weights`: --init starts from trained weights; 0 VAE steps keep it."""
+    base = bundled_path("toy-base")
+    result = pretrain(_short(tmp_path / "c", init=str(base), vae_steps=0, unet_steps=2))
+    assert result.step == 2 and set(result.losses) == {"unet"}
+    out = Path(result.model_dir)
+    shipped = load_file(str(base / "vae" / "diffusion_pytorch_model.safetensors"))
+    kept = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(shipped[k].float(), kept[k]) for k in shipped)  # VAE untouched
+    start = load_file(str(base / "unet" / "diffusion_pytorch_model.safetensors"))
+    now = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(start[k].float(), now[k]) for k in start)  # U-Net trained on
+    with pytest.raises(Exception, match="not a toy SD folder"):
+        pretrain(_short(tmp_path / "d", init=str(tmp_path)))

@@ -11,6 +11,12 @@ Two phases on random crops of the bundled training photos (training/toy_photos.p
    schedule on the frozen VAE's scaled latent samples, timesteps uniform over 0…999, and a
    fixed seeded context (1, 77, 32) standing for the empty-prompt text embedding.
 
+``--init DIR`` continues from a trained toy SD folder (``<out>/model`` of an earlier run, or the
+bundled ``toy-base``) instead of fresh weights: its VAE, U-Net and context are the starting
+point (a phase may then have 0 steps: that network is kept as it is), e.g. to widen the
+training photos of a model trained on fewer (``make toy-weights`` does: stage 1 on scikit-image's
+photos, stage 2 on the Debian photos of training/toy_sources.py).
+
 Adam with linear warm-up then cosine decay to 10 %, gradients clipped to norm 1. A step's
 crops, noise and timesteps are drawn from generators seeded by (seed, phase, step), so a
 resumed run is the uninterrupted one. Checkpoints (training/state.py) hold both networks and
@@ -71,6 +77,7 @@ RECIPE_KEYS = (
     "edge_weight",
     "seed",
     "images",
+    "init",
 )
 
 
@@ -90,6 +97,7 @@ class PretrainConfig:
     edge_weight: float = 0.5
     seed: int = 0
     images: str | None = None
+    init: str | None = None
     resume: bool = False
     log_every: int = 25
     save_every: int = 250
@@ -117,6 +125,31 @@ def build_networks(seed: int) -> tuple[AutoencoderKL, UNet2DConditionModel, torc
         unet = UNet2DConditionModel(**scaled_unet_config("sd21", UNET_WIDTH, CONTEXT_DIM))
         context = torch.randn(1, CONTEXT_TOKENS, CONTEXT_DIM)
     return vae, unet, context
+
+
+def load_init(folder: str, vae, unet) -> tuple[torch.Tensor, dict]:
+    """Load a toy SD folder's VAE and U-Net weights (as float32) into ``vae`` / ``unet``
+    (same architecture); returns its context (1, 77, 32) and {file: SHA-256} of what it read."""
+    from safetensors.torch import load_file
+
+    from cleandift_rt.models.bundled import sha256_of
+
+    root = Path(folder)
+    files = {sub: root / sub / "diffusion_pytorch_model.safetensors" for sub in ("vae", "unet")}
+    files["context"] = root / STORED_EMBEDDING
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise CleanDIFTError(f"--init '{folder}' is not a toy SD folder (missing {missing[0]})")
+    for sub, net in (("vae", vae), ("unet", unet)):
+        state = {k: v.float() for k, v in load_file(str(files[sub])).items()}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CleanDIFTError(
+                f"--init '{folder}': its {sub} is not the toy architecture ({str(exc)[:80]}…)"
+            ) from None
+    context = load_file(str(files["context"]))["context"].float()
+    return context, {f"{k}": sha256_of(p) for k, p in files.items()}
 
 
 def _unit(crops: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -185,7 +218,10 @@ def _schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.La
 
 
 def _check(cfg: PretrainConfig) -> None:
-    for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch", "log_every", "save_every"):
+    for name in ("vae_steps", "unet_steps"):  # a phase may be skipped when continuing
+        if getattr(cfg, name) < (0 if cfg.init else 1):
+            raise CleanDIFTError(f"--{name.replace('_', '-')} must be at least 1 (0 with --init)")
+    for name in ("vae_batch", "unet_batch", "log_every", "save_every"):
         if getattr(cfg, name) < 1:
             raise CleanDIFTError(f"--{name.replace('_', '-')} must be at least 1")
     for name, multiple in (("vae_crop", 8), ("unet_crop", 64)):  # VAE: 8×; SD: 8 × 8
@@ -236,6 +272,9 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     out.mkdir(parents=True, exist_ok=True)
 
     vae, unet, context = build_networks(cfg.seed)
+    init_hashes = None
+    if cfg.init is not None:
+        context, init_hashes = load_init(cfg.init, vae, unet)
     nets = torch.nn.ModuleDict({"vae": vae, "unet": unet}).to(device)
     context = context.to(device)
     step = 0
@@ -247,6 +286,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     alphas = sd_alphas_cumprod().to(device)
     result = PretrainResult(step=step, interrupted=False)
     summary = dict(state.config.get("summary", {})) if state else {}
+    if init_hashes is not None:
+        summary["init_sha256"] = init_hashes
     scale = None
 
     with StopFlag() as stop:
@@ -360,6 +401,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
 @click.option("--edge-weight", type=float, default=PretrainConfig.edge_weight)
 @click.option("--seed", type=int, default=0, help="Seed of the weights, crops and noise.")
 @click.option("--images", default=None, help="Extra image folder to train on.")
+@click.option("--init", default=None, help="Continue from this toy SD folder (unet/, vae/).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
 @click.option("--log-every", type=int, default=PretrainConfig.log_every)
 @click.option("--save-every", type=int, default=PretrainConfig.save_every)
@@ -371,7 +413,8 @@ def cli(as_json: bool, **flags) -> None:
     """Pretrain the toy Stable Diffusion (VAE, then U-Net) on the bundled photos."""
     result = pretrain(PretrainConfig(**flags))
     scale = result.scaling_factor
-    report_run(result, as_json, f"toy model: {result.model_dir} (latent scale {scale:.4f})")
+    done = f"toy model: {result.model_dir} (latent scale {scale:.4f})" if scale else ""
+    report_run(result, as_json, done)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,9 @@
 
 Held out (never trained on): the homography evaluation's photos ``astronaut``, ``chelsea``
 (= ``cat``), ``coffee`` and ``rocket``, so `cleandift-rt eval homography` measures the toy
-models on photos they have not seen. Grey images are replicated to RGB, RGBA is composited on
-white; photos larger than ``MAX_SIDE`` are downscaled once (INTER_AREA).
+models on photos they have not seen; an ``--images`` folder holding one of OpenCV's held-out
+matching pairs (training/toy_sources.py) is refused. Grey images are replicated to RGB, RGBA
+is composited on white; photos larger than ``MAX_SIDE`` are downscaled once (INTER_AREA).
 
 ``random_crops`` draws square crops at random scales with random horizontal flips from a NumPy
 generator, so a training step's batch is a function of (seed, step) only.
@@ -23,6 +24,8 @@ import numpy as np
 
 from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.evaluation.homography import DEFAULT_PHOTOS, load_photos
+
+from .toy_sources import is_held_out
 
 HELD_OUT = (*DEFAULT_PHOTOS, "cat")  # chelsea and cat are the same photo
 TRAIN_PHOTOS = (
@@ -82,7 +85,14 @@ def training_photos(folder: str | None = None) -> list[tuple[str, np.ndarray]]:
             "the toy photos come with scikit-image: pip install scikit-image"
         ) from None
     if folder is not None:
-        photos += [(name, _fit(image)) for name, image in load_photos(folder=folder)]
+        extra = load_photos(folder=folder)
+        held = [name for name, _ in extra if is_held_out(name)]
+        if held:
+            raise CleanDIFTError(
+                f"'{folder}' holds {held[0]}, an evaluation photo held out from training "
+                "(training/toy_sources.py HELD_OUT_PATTERNS)"
+            )
+        photos += [(name, _fit(image)) for name, image in extra]
     return photos
 
 

@@ -272,40 +272,79 @@ def match(
 
 
 @click.command()
-@click.option("--model", default="toy", show_default=True, help="Model to run (see `extract`).")
-@click.option("--tap", "taps", default="us6", show_default=True)
+@click.option(
+    "--model",
+    default="auto",
+    show_default=True,
+    help="Model to run (see `extract`); auto: sd21 when cached or downloadable, else toy.",
+)
+@click.option(
+    "--tap", "taps", default=None, help="Tap (default: us9 for the toy models, else us6)."
+)
 @click.option("--image", default=None, help="Your own photo (default: the bundled astronaut).")
 @click.option(
     "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--compare-base",
+    default="auto",
+    show_default=True,
+    help="Base model scored beside it (auto: toy-base for toy; none: no comparison).",
 )
 @click.option("--resolution", type=int, default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(PRECISIONS), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
+def demo(model, taps, image, out_dir, compare_base, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
-    check_model_options(model, None, resolution, "square", device, None, taps, single_tap=True)
+    check_model_options(None if model == "auto" else model, None, resolution, "square", device,
+                        None, taps, single_tap=True)  # fmt: skip
+    if compare_base not in ("auto", "none"):
+        check_model_options(compare_base)
     check_output_folder(out_dir, "--out-dir")
-    from ..demo import demo_image, run_demo
+    from ..demo import BASE_OF, DEMO_TAP, choose_model, run_demo
     from ..imaging import check_image_size, load_image
-
-    photo = load_image(image) if image is not None else demo_image()
-    check_image_size(photo.shape[:2], image or "astronaut")
     from ..runtime import build_extractor
 
-    fx = build_extractor(model, taps, resolution=resolution, device=device, dtype=dtype)
+    photo = None
+    if image is not None:
+        photo = load_image(image)
+        check_image_size(photo.shape[:2], image)
+    chosen = None
+    if model == "auto":
+        model, chosen = choose_model()
+        if "downloading" in chosen:  # before the download's progress bars
+            click.echo(chosen, err=True)
+    taps = taps or DEMO_TAP.get(model, "us6")
+    options = dict(resolution=resolution, device=device, dtype=dtype)
+    fx = build_extractor(model, taps, **options)
+    base_name = BASE_OF.get(model) if compare_base == "auto" else compare_base
+    base = build_extractor(base_name, taps, **options) if base_name not in (None, "none") else None
     created = make_folder(out_dir, log_line)
     try:
-        report = run_demo(fx, out_dir, photo)
+        report = run_demo(fx, out_dir, photo, base=base)
     except BaseException:
         remove_empty(created)
         raise
-    lines = [
+    nm, b = report.no_motion, report.base
+    lines = [chosen] if chosen and "downloading" not in chosen else []
+    lines += [
         f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",
         f"  PCK@0.05 {report.pck_05:.2f}   PCK@0.10 {report.pck_10:.2f}   "
         f"mean error {report.mean_error_px:.1f} px",
-        f"  wrote {report.correspondences_png} (grey lines: off by more than 10 % of the size)",
-        f"  wrote {report.features_png} (joint PCA of the features)",
+    ]
+    if b is not None:
+        lines.append(
+            f"  base {b['model']}: PCK@0.05 {b['pck_05']:.2f}   PCK@0.10 {b['pck_10']:.2f}   "
+            f"mean error {b['mean_error_px']:.1f} px"
+        )
+    lines += [
+        f"  no motion: PCK@0.05 {nm['pck_05']:.2f}   PCK@0.10 {nm['pck_10']:.2f}   "
+        f"mean error {nm['mean_error_px']:.1f} px",
+        f"  cycle check: {report.cycle_consistent} of {report.points} matches come back within "
+        f"{report.cycle_radius_px:.0f} px",
+        f"  wrote {report.correspondences_png} (thick: passes the cycle check; thin grey: fails)",
+        f"  wrote {report.features_png} (joint PCA of the features over the photos)",
     ]
     if report.random_weights:
         lines.append(
@@ -313,4 +352,5 @@ def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
             "feature quality (random features do not match real photos). Run --model sd21 with "
             "the weights downloaded for real correspondences."
         )
-    emit(report.to_dict(), as_json, "\n".join(lines))
+    payload = report.to_dict() | ({"auto": chosen} if chosen else {})
+    emit(payload, as_json, "\n".join(lines))
