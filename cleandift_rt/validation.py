@@ -152,9 +152,15 @@ def check_model_name(model: str, option: str = "--model") -> None:
 
 
 def check_base_name(base: str | None) -> None:
-    """--base: a preset, an existing folder or file, or a hub id ``org/name``."""
-    if base is not None:
-        check_model_name(base, "--base")
+    """--base: a preset, an existing diffusers folder, or a hub id ``org/name``."""
+    if base is None:
+        return
+    path = Path(base).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CleanDIFTError(
+            f"--base '{base}' is not a diffusers Stable Diffusion folder (unet/, vae/)"
+        )
+    check_model_name(base, "--base")
 
 
 # ------------------------------------------------------------------------------------ paths

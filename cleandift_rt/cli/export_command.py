@@ -147,6 +147,11 @@ def _check_export_args(p: dict) -> None:
     check_input_size(p["height"] or side, p["width"] or side)
     if p["max_batch"] is not None and p["max_batch"] < p["batch"]:
         raise CleanDIFTError(f"--max-batch {p['max_batch']} is smaller than --batch {p['batch']}")
+    registry.check_options(
+        registry.get(p["fmt"], exportable=True),
+        {"opset": p["opset"], "workspace_gib": p["workspace"], "opt_level": p["opt_level"],
+         "timing_cache": p["timing_cache"]},
+    )  # fmt: skip
     check_output_file(p["timing_cache"], "--timing-cache")
     check_export_needs(p["fmt"], p["precision"], p["device"], validate=not p["no_validate"])
 
