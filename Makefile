@@ -1,5 +1,6 @@
-# Two entry points: `make demo` (offline demo on the bundled toy model) and `make test`.
-# Each creates .venv when missing. PyTorch comes from a local wheel when one is on disk
+# Entry points: `make demo` (offline demo on the bundled toy model; the core install only),
+# `make test` (the full suite; the [dev] extra) and `make test-quick` (the suite without tests
+# marked slow). Each creates .venv when missing. PyTorch comes from a local wheel when one is on disk
 # (PIP_FIND_LINKS, /opt/wheels), else from TORCH_INDEX when set (e.g. the CPU index
 # https://download.pytorch.org/whl/cpu), else from the default index.
 
@@ -13,22 +14,36 @@ LOCAL_TORCH := $(firstword $(wildcard $(addsuffix /torch-$(TORCH_VERSION)*.whl,$
 DEMO_MODEL ?= toy
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-cpp lint format clean toy-weights
+.PHONY: demo test test-quick test-cpp lint format clean toy-weights
 
-$(VENV)/.installed: pyproject.toml
+define venv_with_torch
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || { \
 	  if [ -n "$(LOCAL_TORCH)" ]; then $(PY) -m pip install -q "$(LOCAL_TORCH)"; \
 	  elif [ -n "$(TORCH_INDEX)" ]; then $(PY) -m pip install -q torch --index-url "$(TORCH_INDEX)"; \
 	  else $(PY) -m pip install -q torch; fi; }
-	$(PY) -m pip install -q -e ".[dev]"
+endef
+
+# the core install: what `demo` and `eval homography` need (sample photos ship in the package)
+$(VENV)/.core: pyproject.toml
+	$(venv_with_torch)
+	$(PY) -m pip install -q -e .
 	@touch $@
 
-demo: $(VENV)/.installed
+# the full development install (tests, lint, ONNX, Triton, scikit-image, pybind11)
+$(VENV)/.installed: pyproject.toml
+	$(venv_with_torch)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core
 	$(VENV)/bin/cleandift-rt demo --model $(DEMO_MODEL) --out-dir $(DEMO_OUT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-quick: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow and not gpu and not tensorrt"
 
 # C++ library (cpp_bindings/): configure with the venv's torch (libtorch) and pybind11, build,
 # run ctest, then the pytest parity tests of its Python bindings.

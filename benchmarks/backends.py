@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from cleandift_rt.bench import latency_stats, machine_info, random_images, time_runs
+from cleandift_rt.files import write_json
 
 EXPORTED = {"onnx": "onnx", "aoti": "aoti", "trt": "engine"}
 
@@ -137,7 +138,7 @@ def main() -> None:
                 f"{r['peak_rss_mib']:12.0f}"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

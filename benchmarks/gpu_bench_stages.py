@@ -135,7 +135,7 @@ def _torch_runner(session: BenchSession, precision: str, channels_last: bool, co
     import torch
 
     from cleandift_rt.backends import TorchRunner
-    from cleandift_rt.extractor import DTYPES
+    from cleandift_rt.dtypes import DTYPES
 
     session.loaded.to(session.device, DTYPES[precision])
     fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -42,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT)]
+sys.path[:0] = [str(ROOT), str(HERE)]  # the repo first: benchmarks/training.py is no package
 
 import gpu_report  # noqa: E402
 import gpu_wheels  # noqa: E402

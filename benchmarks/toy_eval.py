@@ -22,7 +22,6 @@ end-point error, per tap; a JSON record and a PNG of PCK@0.1 against t.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from cleandift_rt.bench import machine_info
 from cleandift_rt.evaluation import ExtractorPredictor
 from cleandift_rt.evaluation.homography import evaluate_homography, load_photos, make_pairs
+from cleandift_rt.files import write_json
 from cleandift_rt.runtime import build_extractor
 from cleandift_rt.viz import save_png
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.json, record)
     if args.plot and "dift" not in skip:
         plot(record, Path(args.plot), taps[0])
     return 0

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cleandift_rt import FeatureExtractor
+from cleandift_rt.files import write_json
 from cleandift_rt.geometry import grid_points
 from cleandift_rt.tracking import Tracker
 from cleandift_rt.tracking.sources import IterableSource
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        write_json(args.json, result)
     return result
 
 

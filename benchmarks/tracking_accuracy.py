@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from cleandift_rt.extractor import FeatureExtractor
+from cleandift_rt.files import write_json
 from cleandift_rt.geometry import grid_points
 from cleandift_rt.tracking import Tracker
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "command": "python benchmarks/tracking_accuracy.py " + " ".join(argv or sys.argv[1:])
         }
-        Path(args.json).write_text(json.dumps(record | {"rows": rows}, indent=2) + "\n")
+        write_json(args.json, record | {"rows": rows})
     return 0
 
 

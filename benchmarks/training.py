@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cleandift_rt.files import write_json  # noqa: E402
 from cleandift_rt.models import DIFT_TIMESTEP, load_model  # noqa: E402
 from training.distill import DISTILLED_TAPS, TEACHERS  # noqa: E402
 from training.metrics import peak_memory_bytes  # noqa: E402
@@ -216,7 +216,7 @@ def main() -> None:
         "results": [],
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        write_json(args.out, payload)
     for precision, compiled in [] if args.flops_only else variants:
         rec = run_variant(args, loaded, precision, compiled, device)
         rec["achieved_tflops"] = step_flops / rec["step_s_median"] / 1e12
@@ -231,7 +231,7 @@ def main() -> None:
             flush=True,
         )
         if args.out:  # after every variant: a long compile that times out loses nothing
-            Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+            write_json(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Console programs: the one way a click command runs as a program (the ``cleandift-rt`` CLI
-and the ``python -m training.*`` tools) — user errors become one ``error: ...`` line."""
+and the ``python -m training.*`` tools) — user errors become one ``error: ...`` line, the
+runtime's warnings one ``warning: ...`` line."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
-from .errors import CleanDIFTError
+from .errors import CleanDIFTError, CleanDIFTWarning
+
+_python_showwarning = warnings.showwarning  # the one run_console replaces
 
 
 def fail(message: str, code: int = 2):
@@ -15,10 +19,26 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def log_line(line: str) -> None:
+    """One progress or notice line on stderr (stdout stays clean for --json)."""
+    click.echo(line, err=True)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings of the runtime (CleanDIFTWarning) as one ``warning: ...`` line on stderr;
+    others as Python prints them."""
+    if issubclass(category, CleanDIFTWarning):
+        click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def run_console(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
     """Run a click command as a console program and exit: user errors (``CleanDIFTError``, bad
     options) → one ``error: ...`` line and status 2; Ctrl-C → status 130; anything else is a bug
     and keeps its traceback."""
+    warnings.showwarning = show_warning
+    warnings.simplefilter("always", CleanDIFTWarning)  # one line per image / artifact
     try:
         code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare group

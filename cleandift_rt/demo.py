@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import CleanDIFTError
 from .extractor import FeatureExtractor, MatchResult
 from .geometry import apply_homography, grid_points, known_homography
 from .viz import draw_correspondences, feature_panel, save_png
@@ -21,17 +20,10 @@ RANDOM_WEIGHT_MODELS = {"tiny"}
 
 
 def demo_image(name: str = "astronaut") -> np.ndarray:
-    """A bundled scikit-image photo, uint8 (H, W, 3) RGB."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise CleanDIFTError(
-            "the demo photos come with scikit-image: pip install scikit-image, or pass --image"
-        ) from None
-    if not hasattr(data, name):
-        raise CleanDIFTError(f"scikit-image has no photo '{name}'")
-    image = getattr(data, name)()
-    return np.ascontiguousarray(np.dstack([image] * 3) if image.ndim == 2 else image[..., :3])
+    """A sample photo (bundled, or scikit-image's; see ``photos``), uint8 (H, W, 3) RGB."""
+    from .photos import sample_photo
+
+    return sample_photo(name)
 
 
 @dataclass

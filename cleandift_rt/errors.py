@@ -36,3 +36,8 @@ class InputSizeError(CleanDIFTError):
 
 class MatchError(CleanDIFTError):
     """Bad matching input: empty or out-of-range points, NaN/Inf features, mismatched channels."""
+
+
+class CleanDIFTWarning(UserWarning):
+    """Input that runs but may not give what the caller expects (an image stretched a lot, an
+    artifact built by other versions). The CLI prints it as one ``warning: ...`` line."""

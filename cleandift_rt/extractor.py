@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .backends import Runner, TorchRunner
 from .dtypes import torch_dtype
-from .errors import CleanDIFTError, MatchError
+from .errors import CleanDIFTError, ImageError, MatchError, TapError
 from .imaging import ImageTransform, PreparedImage, load_image, pad_to, prepare_image
 from .matching import PixelGrid, cosine_argmax, sample_descriptors
 from .matching.refine import DEFAULT_TEMPERATURE, DEFAULT_WINDOW, check_refine
@@ -57,6 +57,26 @@ def pad_batch(batch: np.ndarray | torch.Tensor, size: int) -> np.ndarray | torch
     return np.concatenate([batch, np.repeat(batch[-1:], extra, axis=0)])
 
 
+def point_array(points: Any) -> np.ndarray:
+    """Points as an (N, 2) float64 array (x, y); MatchError (one line) for anything else."""
+    if isinstance(points, (str, bytes)):
+        raise MatchError(
+            f"points must be (N, 2) numbers (x, y), e.g. [(120, 80)], not the string "
+            f"{points!r} (the CLI's --points 'x,y;x,y' syntax)"
+        )
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MatchError(
+            f"points must be (N, 2) numbers (x, y), got {type(points).__name__}"
+        ) from None
+    if pts.size == 0:
+        raise MatchError("no points to match")
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise MatchError(f"points must be (N, 2) pixel coordinates (x, y), got {pts.shape}")
+    return pts
+
+
 @dataclass
 class Features:
     """Features of a batch of images.
@@ -70,10 +90,37 @@ class Features:
     strides: dict[str, int]
 
     def __getitem__(self, tap: str) -> torch.Tensor:
+        if tap not in self.maps:
+            raise TapError(f"tap '{tap}' was not extracted (have: {', '.join(self.maps)})")
         return self.maps[tap]
 
     def __len__(self) -> int:
+        """The number of images (not of taps: iterate or use ``keys()`` for those)."""
         return len(self.transforms)
+
+    def __iter__(self) -> Iterator[str]:
+        """The tap names, like a mapping's keys."""
+        return iter(self.maps)
+
+    def __contains__(self, tap: object) -> bool:
+        return tap in self.maps
+
+    def keys(self) -> KeysView[str]:
+        return self.maps.keys()
+
+    def values(self) -> ValuesView[torch.Tensor]:
+        return self.maps.values()
+
+    def items(self) -> ItemsView[str, torch.Tensor]:
+        return self.maps.items()
+
+    def __repr__(self) -> str:
+        maps = ", ".join(
+            f"{t}: ({', '.join(map(str, m.shape))}) {str(m.dtype).removeprefix('torch.')}"
+            for t, m in self.maps.items()
+        )
+        device = next(iter(self.maps.values())).device if self.maps else "-"
+        return f"Features({len(self)} image(s) on {device}; {maps})"
 
     def grid(self, index: int, tap: str) -> PixelGrid:
         """The grid of image ``index``'s ORIGINAL pixels over the feature cells of ``tap``."""
@@ -185,6 +232,10 @@ class FeatureExtractor:
                 f"backend '{backend}' runs exported artifacts: export the model, then load it "
                 "with cleandift_rt.load_runtime(path)"
             )
+        from .validation import check_timestep, split_taps
+
+        split_taps(taps, "taps")  # names only: the model checks it has them
+        timestep = check_timestep(timestep)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
@@ -245,9 +296,12 @@ class FeatureExtractor:
 
     def prepare(self, images: Any) -> list[PreparedImage]:
         """Decode and resize/pad images; fit-policy images are padded to one common size."""
+        images = as_image_list(images)
+        if not images:
+            raise ImageError("no images given: pass an image or a non-empty list of images")
         prepared = [
             prepare_image(im, self.size, self.policy, resize_filter=self.resize_filter)
-            for im in as_image_list(images)
+            for im in images
         ]
         sizes = {p.array.shape[:2] for p in prepared}
         if len(sizes) > 1:
@@ -321,6 +375,7 @@ class FeatureExtractor:
         against both and keep the one with the higher mean best-match cosine; coordinates found
         in the flip are mapped back (``x' = W - 1 - x``) and ``result.flipped`` says which won.
         """
+        point_array(points)  # bad points answer before any extraction
         check_refine(refine, refine_window, refine_temperature)
         opts = {"refine": refine, "refine_window": refine_window}
         opts["refine_temperature"] = refine_temperature
@@ -350,11 +405,7 @@ class FeatureExtractor:
         refine_temperature: float = DEFAULT_TEMPERATURE,
     ) -> MatchResult:
         """``match`` on already extracted features (images ``source`` → ``target``)."""
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.size == 0:
-            raise MatchError("no points to match")
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise MatchError(f"points must be (N, 2) pixel coordinates (x, y), got {pts.shape}")
+        pts = point_array(points)
         tap = tap or self.taps[0]
         if tap not in features.maps:
             raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(features.maps)})")

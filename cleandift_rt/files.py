@@ -36,16 +36,20 @@ def _remove(path: Path) -> None:
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write (a file, or a folder); when the block
-    ends it replaces ``path`` (an existing folder is removed first), on an error it is
-    removed. Creates the parent folder."""
+    ends it replaces ``path``, on an error it is removed. An existing folder is moved aside
+    first and deleted only once the new one is in place. Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path, keep_suffix=keep_suffix)
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = temporary_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise

@@ -8,6 +8,8 @@ Conventions used throughout cleandift-rt:
   ``(col, row)`` covers ``[col - 0.5, col + 0.5) x [row - 0.5, row + 0.5)``. Point sets are
   ``(N, 2)`` float64 arrays. This is the convention ``cv2.resize`` samples with, so a resize by
   ``(sx, sy)`` maps ``x -> (x + 0.5) * sx - 0.5``.
+* Serialised transforms (``ImageTransform.to_dict``, the ``extract`` header) are row-first
+  throughout, like the tensor shapes beside them: sizes ``[H, W]``, ``scale_yx``, ``offset_yx``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +27,22 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cleandift_rt.errors import CleanDIFTError, ImageError, InputSizeError, one_line
+from cleandift_rt.errors import (
+    CleanDIFTError,
+    CleanDIFTWarning,
+    ImageError,
+    InputSizeError,
+    one_line,
+)
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "MIN_IMAGE_SIDE",
     "POLICIES",
     "RESIZE_FILTERS",
+    "check_image_file",
     "ImageSource",
     "ImageTransform",
     "PreparedImage",
@@ -51,6 +62,12 @@ POLICIES: tuple[str, ...] = ("square", "fit")
 #: the area shrinks, ``INTER_CUBIC`` when it grows) and "bicubic-pil" (PIL's antialiased
 #: bicubic ``Image.resize``, what DIFT's SPair evaluation uses).
 RESIZE_FILTERS: tuple[str, ...] = ("area", "bicubic-pil")
+#: Images smaller than this (px, either side) are refused: less than one 8 px VAE latent cell.
+MIN_IMAGE_SIDE = 8
+#: A resize stretching one axis more than this many times the other is reported (a warning).
+MAX_STRETCH = 4.0
+#: Float images may overshoot [0, 1] by this much (half a uint8 level) and still be accepted.
+FLOAT_SLACK = 0.5 / 255
 
 _SHAPES_HWC = "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
 _SHAPES_CHW = "(H, W), (1, H, W), (3, H, W) or (4, H, W)"
@@ -98,7 +115,8 @@ def load_image(source: ImageSource) -> np.ndarray:
       ``F`` is taken as float in [0, 1]. Multi-frame files give their first frame.
     * numpy arrays in HWC layout: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``
       of dtype ``uint8``; ``uint16`` (``/257``, rounded); ``bool`` (0/255); or float16/32/64
-      in [0, 1] (clipped, ``x255``, rounded; NaN is an error).
+      in [0, 1] (``x255``, rounded; NaN or values outside [0, 1] are an error: 0..255 floats
+      would otherwise give silently wrong features).
     * torch tensors in CHW layout (torchvision convention): ``(H, W)``, ``(1, H, W)``,
       ``(3, H, W)`` or ``(4, H, W)``, ``uint8``, ``bool`` or float in [0, 1], on any device.
     * ``PIL.Image.Image`` objects, converted like files but taken as they are (no EXIF
@@ -220,6 +238,13 @@ def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
         work = arr.astype(np.promote_types(dt, np.float32), copy=False)
         if np.isnan(work).any():
             raise ImageError(f"bad image {name}: float data contains NaN")
+        lo, hi = (float(work.min()), float(work.max())) if work.size else (0.0, 0.0)
+        if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+            hint = "divide by 255" if hi <= 255 + FLOAT_SLACK and lo >= -FLOAT_SLACK else "rescale"
+            raise ImageError(
+                f"bad image {name}: float values must be in [0, 1], found {lo:g}..{hi:g} "
+                f"({hint}, or pass uint8)"
+            )
         out = np.rint(np.clip(work, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         raise ImageError(
@@ -335,27 +360,37 @@ class ImageTransform:
         return (_round_half_up(h * sy), _round_half_up(w * sx))
 
     def to_dict(self) -> dict[str, list[int] | list[float]]:
-        """A JSON-serialisable dict (lists of plain ints / floats)."""
+        """A JSON-serialisable dict (lists of plain ints / floats), every pair row-first like the
+        tensor shapes beside it: ``original_size`` and ``input_size`` ``[H, W]``, ``scale_yx``
+        ``[sy, sx]`` and ``offset_yx`` ``[oy, ox]`` (the attributes ``scale`` / ``offset`` are
+        ``(x, y)``, like points). The key names carry the order, so a reader cannot mix them up."""
         return {
             "original_size": list(self.original_size),
             "input_size": list(self.input_size),
-            "scale": list(self.scale),
-            "offset": list(self.offset),
+            "scale_yx": [self.scale[1], self.scale[0]],
+            "offset_yx": [self.offset[1], self.offset[0]],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageTransform:
-        """Rebuild from :meth:`to_dict` output (``offset`` defaults to ``(0, 0)``).
+        """Rebuild from :meth:`to_dict` output (``offset_yx`` defaults to ``(0, 0)``); the older
+        x-first keys ``scale`` / ``offset`` are read too.
 
         Raises:
             CleanDIFTError: missing keys or invalid values.
         """
         try:
+            if "scale_yx" in data:
+                sy, sx = data["scale_yx"]
+                oy, ox = data.get("offset_yx", (0.0, 0.0))
+            else:
+                sx, sy = data["scale"]
+                ox, oy = data.get("offset", (0.0, 0.0))
             return cls(
                 original_size=tuple(data["original_size"]),
                 input_size=tuple(data["input_size"]),
-                scale=tuple(data["scale"]),
-                offset=tuple(data.get("offset", (0.0, 0.0))),
+                scale=(sx, sy),
+                offset=(ox, oy),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CleanDIFTError(f"bad image transform {dict(data)!r}: {one_line(exc)}") from exc
@@ -486,6 +521,7 @@ def prepare_image(
 
     rgb = load_image(image)
     h0, w0 = rgb.shape[:2]
+    check_image_size((h0, w0), image_name(image))
 
     if isinstance(target, int) and fixed is None:
         # "fit" to length L: longer side -> L, the other rounded half up in exact integers
@@ -506,6 +542,7 @@ def prepare_image(
             rh, rw = th, min(tw, max(1, (2 * w0 * th + h0) // (2 * h0)))
         input_size = (th, tw)
 
+    _check_resize(image, (h0, w0), (rh, rw))
     resized = _resize(rgb, rh, rw, resize_filter)
     if (rh, rw) == input_size:
         array = resized
@@ -516,6 +553,63 @@ def prepare_image(
         original_size=(h0, w0), input_size=input_size, scale=(rw / w0, rh / h0)
     )
     return PreparedImage(array=array, transform=transform)
+
+
+def check_image_size(size: tuple[int, int], name: str) -> None:
+    """ImageError for an ``(H, W)`` image below :data:`MIN_IMAGE_SIDE` px on either side."""
+    h, w = size
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ImageError(
+            f"image '{name}' is {w}x{h} px (W x H): too small for features "
+            f"(at least {MIN_IMAGE_SIDE} px per side, one latent cell)"
+        )
+
+
+def _check_resize(image: Any, original: tuple[int, int], resized: tuple[int, int]) -> None:
+    """Refuse a resize that leaves less than a latent cell of content; warn (one line, a
+    CleanDIFTWarning) when one axis is stretched over MAX_STRETCH times the other."""
+    (h0, w0), (rh, rw) = original, resized
+    name = image_name(image)
+    if min(rh, rw) < MIN_IMAGE_SIDE:
+        raise InputSizeError(
+            f"image '{name}' ({w0}x{h0} px, W x H) would be {rw}x{rh} px after resizing: "
+            f"less than one {MIN_IMAGE_SIDE} px latent cell; crop it or use the square policy"
+        )
+    sx, sy = rw / w0, rh / h0
+    if max(sx, sy) > MAX_STRETCH * min(sx, sy):
+        warnings.warn(
+            f"image '{name}' ({w0}x{h0} px, W x H) resized to {rw}x{rh}: x{sx:.3g} horizontally, "
+            f"x{sy:.3g} vertically; features of a stretched image are unreliable (crop it, or "
+            "use the fit policy)",
+            CleanDIFTWarning,
+            stacklevel=3,
+        )
+
+
+def check_image_file(path: str | os.PathLike[str]) -> None:
+    """Fast checks of an image file before any model loads: it exists, is a regular file,
+    Pillow recognises its header, and it is at least MIN_IMAGE_SIDE px per side (the pixel
+    data is decoded later; a truncated file fails then)."""
+    shown = os.fspath(path)
+    p = Path(shown)
+    if not p.exists():
+        raise ImageError(f"cannot read image '{shown}': no such file")
+    if p.is_dir():
+        raise ImageError(f"cannot read image '{shown}': is a directory")
+    if not p.is_file():
+        raise ImageError(f"cannot read image '{shown}': not a regular file")
+    try:
+        with Image.open(p) as img:
+            w, h = img.size
+    except PermissionError:
+        raise ImageError(f"cannot read image '{shown}': permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"cannot decode image '{shown}': unrecognised format or corrupt data"
+        ) from None
+    except Exception as exc:  # Pillow raises many types on bad headers
+        raise ImageError(f"cannot decode image '{shown}': {one_line(exc)}") from None
+    check_image_size((h, w), shown)
 
 
 def pad_to(prepared: PreparedImage, size: int | tuple[int, int]) -> PreparedImage:

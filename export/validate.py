@@ -11,16 +11,10 @@ MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999}
 
 
 def validation_images(height: int, width: int, count: int = 2) -> np.ndarray:
-    """uint8 (count, H, W, 3): scikit-image's photos (astronaut, chelsea, coffee), resized;
-    a smooth synthetic scene when scikit-image is not installed."""
-    try:
-        from skimage import data
+    """uint8 (count, H, W, 3): the bundled sample photos (astronaut, chelsea, coffee), resized."""
+    from cleandift_rt.photos import sample_photo
 
-        photos = [data.astronaut(), data.chelsea(), data.coffee()]
-    except ImportError:
-        ys, xs = np.mgrid[0:height, 0:width] / max(height, width)
-        scene = np.dstack([np.sin(9 * xs) * 0.5 + 0.5, np.cos(7 * ys), xs * ys]) * 255
-        photos = [np.clip(scene, 0, 255).astype(np.uint8)]
+    photos = [sample_photo(name) for name in ("astronaut", "chelsea", "coffee")]
     chosen = [photos[i % len(photos)] for i in range(count)]
     return np.stack([prepare_image(p, (height, width)).array for p in chosen])
 

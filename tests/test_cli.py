@@ -225,6 +225,7 @@ def console(tmp_path_factory, images, env):
     return runs
 
 
+@pytest.mark.slow
 def test_info_json(console):
     code, out, err = console["info"].result
     assert_ok(code, err)
@@ -244,6 +245,7 @@ def test_info_text(capsys):
     assert "torch" in out and "devices:" in out and "backends:" in out
 
 
+@pytest.mark.slow
 def test_help_lists_commands(console):
     code, out, err = console["help"].result
     assert_ok(code, err)
@@ -282,6 +284,7 @@ def test_help_and_version_in_process(args, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_extract_file_and_json(console):
     code, stdout, err = console["extract"].result
     assert_ok(code, err)
@@ -312,10 +315,11 @@ def test_extract_file_and_json(console):
     for t, hw in zip(transforms, (ASTRONAUT_HW, CHELSEA_HW)):
         assert t["original_size"] == list(hw)
         assert t["input_size"] == [128, 128]
-        assert t["scale"] == pytest.approx([128 / hw[1], 128 / hw[0]])
-        assert t["offset"] == [0.0, 0.0]
+        assert t["scale_yx"] == pytest.approx([128 / hw[0], 128 / hw[1]])  # (H, W) order
+        assert t["offset_yx"] == [0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_extract_parity_with_api(console, images):
     """The CLI's file holds exactly what the Python API computes."""
     from cleandift_rt.extractor import FeatureExtractor
@@ -348,6 +352,7 @@ def test_extract_text_mode_in_process(images, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
 
 
+@pytest.mark.slow
 def test_extract_output_file_mode_follows_umask(console):
     code, _, err = console["extract"].result
     assert_ok(code, err)
@@ -362,6 +367,7 @@ def test_extract_output_file_mode_follows_umask(console):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_match_points_json_and_picture(console, images):
     code, out, err = console["match"].result
     assert_ok(code, err)
@@ -419,6 +425,7 @@ def test_match_text_mode_in_process(images, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_json(console):
     code, out, err = console["demo"].result
     assert_ok(code, err)
@@ -628,6 +635,7 @@ SUBPROCESS_BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SUBPROCESS_BAD))
 def test_bad_input_console(case, console):
     run = console[f"bad:{case}"]

@@ -17,8 +17,19 @@ from cleandift_rt.models import load_model
 from cleandift_rt.runtime import load_runtime
 from export import ExportError, ExportOptions, export_model
 
+pytestmark = pytest.mark.slow  # two ONNX exports of the tiny model (fp32, fp16) and validations
+
 TAPS = ("us6", "mid")
 SIZE = 128
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models export and run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def photos(n: int) -> np.ndarray:
@@ -344,7 +355,6 @@ def test_folding_keeps_large_tensors_out_of_the_file(monkeypatch):
 
 
 def test_export_failures_are_one_line(tmp_path, monkeypatch, capsys):
-    import cleandift_rt.runtime
     from cleandift_rt.cli import main
 
     def run(out):
@@ -364,12 +374,13 @@ def test_export_failures_are_one_line(tmp_path, monkeypatch, capsys):
         patch.setattr(torch.onnx, "export", exploding_exporter)
         assert run(tmp_path / "a") == ("error: writing the onnx artifact failed: exporter exploded")
 
-    class RefusingRuntime:  # as onnxruntime refusing a graph at run time
-        def runner(self, batch):
-            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Shape mismatch\ndetails")
+    import onnxruntime
+
+    def refusing_run(self, *args, **kwargs):  # as onnxruntime refusing a graph at run time
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Shape mismatch\ndetails")
 
     hide_modules(monkeypatch, "polygraphy")  # (no folding: a faster export)
-    monkeypatch.setattr(cleandift_rt.runtime, "load_runtime", lambda *a, **k: RefusingRuntime())
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", refusing_run)
     assert run(tmp_path / "b") == (
         "error: the exported onnx artifact does not run: "
         "[ONNXRuntimeError] : 1 : FAIL : Shape mismatch"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+sys.path.append(str(BENCH))  # after the repo: benchmarks/training.py must not shadow training
 
 import gpu_report  # noqa: E402
 import gpu_suite  # noqa: E402

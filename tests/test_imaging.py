@@ -281,8 +281,11 @@ def test_numpy_float(dtype: type, coffee: np.ndarray) -> None:
     out = load_image(f)
     assert_rgb(out, coffee.shape[:2])
     np.testing.assert_array_equal(out, coffee)
-    clipped = load_image(np.array([[-0.5, 0.0, 0.5, 1.0, 7.0]], dtype=dtype))
-    np.testing.assert_array_equal(clipped[0, :, 0], [0, 0, 128, 255, 255])
+    edge = load_image(np.array([[-0.001, 0.0, 0.5, 1.0, 1.001]], dtype=dtype))  # half a level
+    np.testing.assert_array_equal(edge[0, :, 0], [0, 0, 128, 255, 255])
+    for bad, hint in (([[-0.5, 0.5]], "rescale"), ([[0.5, 7.0]], "divide by 255")):
+        with pytest.raises(ImageError, match=rf"outside|found .*{hint}"):
+            load_image(np.array(bad, dtype=dtype))
 
 
 def test_tensors_chw(chelsea: np.ndarray) -> None:
@@ -379,11 +382,14 @@ def test_transform_dict_json_round_trip() -> None:
     t = ImageTransform((300, 451), (384, 512), (512 / 451, 341 / 300), (0.0, 0.0))
     d = json.loads(json.dumps(t.to_dict()))
     assert ImageTransform.from_dict(d) == t
+    assert d["scale_yx"] == [341 / 300, 512 / 451]  # row-first like the sizes beside it
+    legacy = {"original_size": [300, 451], "input_size": [384, 512], "scale": list(t.scale)}
+    assert ImageTransform.from_dict(legacy) == t  # the older x-first keys still read
     assert isinstance(ImageTransform.from_dict(d).original_size, tuple)
     with pytest.raises(CleanDIFTError):
         ImageTransform.from_dict({"original_size": [3, 4]})
     with pytest.raises(CleanDIFTError):
-        ImageTransform.from_dict({**d, "scale": [0.0, 1.0]})
+        ImageTransform.from_dict({**d, "scale_yx": [0.0, 1.0]})
 
 
 @pytest.mark.parametrize(

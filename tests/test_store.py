@@ -178,6 +178,10 @@ def test_store_json_records_the_settings(store_fp32, fx):
     assert meta["input_size"] == [RES, RES]
     assert meta["taps"]["us6"] == {"channels": 64, "stride": 16, "size": [4, 4]}
     assert len(meta["weights_sha256"]) == 64 and meta["producer"]["torch"]
+    from cleandift_rt.store.cli import STORAGE_CHOICES
+    from cleandift_rt.store.layout import STORAGE_DTYPES
+
+    assert set(STORAGE_CHOICES) == set(STORAGE_DTYPES)  # the CLI's list, kept free of torch
 
 
 # ------------------------------------------------------------------------------ the CLI

@@ -106,6 +106,7 @@ def _pck(model: str, pairs) -> dict[str, float]:
     return evaluate_homography(ExtractorPredictor(fx), pairs, (0.05, 0.1))["overall"]["per_point"]
 
 
+@pytest.mark.slow
 def test_toy_recovers_homographies_of_held_out_photos_far_above_tiny():
     """The recorded benchmark's pairs (benchmarks/results/toy_eval_cpu.json): same code, tiny vs
     toy."""
@@ -192,6 +193,7 @@ def test_pretrain_cli_rejects_bad_input_in_one_line(tmp_path, args, message):
     assert not (out / "model").exists()
 
 
+@pytest.mark.slow
 def test_student_file_of_a_folder_loaded_teacher_saves(tmp_path):
     """from_pretrained puts Path values in the U-Net config; the student file must still save."""
     from cleandift_rt.models import read_student_file, save_unet_file

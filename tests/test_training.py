@@ -329,6 +329,7 @@ def test_failed_write_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch)
 # ---------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_loss_falls_and_cosine_rises(photos, tmp_path):
     out = tmp_path / "run"
     result = train(config(photos, out, steps=10, val_every=10))
@@ -343,6 +344,7 @@ def test_loss_falls_and_cosine_rises(photos, tmp_path):
     assert first["images_per_s"] > 0 and first["peak_memory_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_resume_after_signal_reproduces_uninterrupted_run(photos, straight_run, tmp_path):
     out_a, straight = straight_run
     out_b = tmp_path / "interrupted"
@@ -430,6 +432,7 @@ def test_checkpoint_of_the_older_recipe_is_refused_in_one_line(
     assert "new --out" in err[0]
 
 
+@pytest.mark.slow
 def test_student_files_load_strictly_and_through_from_pretrained(straight_run):
     from diffusers import UNet2DConditionModel
 
@@ -482,6 +485,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(photos, straight_run, tmp_path):
     out_a, _ = straight_run
     out = tmp_path / "ddp"
@@ -510,6 +514,7 @@ def test_two_process_gloo_run_matches_single_process(photos, straight_run, tmp_p
     np.testing.assert_allclose(ddp_losses, single, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_exported_student_file_goes_through_cleandift_rt_export(straight_run, tmp_path):
     import onnx  # noqa: F401  (the export test dependency; missing → fail, not skip)
 
@@ -529,6 +534,7 @@ def test_exported_student_file_goes_through_cleandift_rt_export(straight_run, tm
     assert json.loads(sidecar.read_text())["timestep"] == pytest.approx(result.timestep)
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_matches_and_bf16_runs(photos, straight_run, tmp_path):
     out_a, _ = straight_run
     checkpointed = train(config(photos, tmp_path / "ckpt", steps=2, grad_checkpointing=True))
@@ -539,6 +545,7 @@ def test_grad_checkpointing_matches_and_bf16_runs(photos, straight_run, tmp_path
     assert bf16.step == 2 and np.isfinite(bf16.loss)
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_cli_saves_a_resumable_checkpoint(photos, tmp_path):
     import time
 
@@ -574,3 +581,24 @@ def test_ctrl_c_on_the_cli_saves_a_resumable_checkpoint(photos, tmp_path):
     assert "rerun with --resume" in stderr and "Traceback" not in stderr
     ((step, _),) = list_checkpoints(out)
     assert step >= 2 and latest_state(out).step == step
+
+
+def test_init_from_heads_of_the_older_recipe_warns(straight_run, tmp_path):
+    import copy
+
+    from safetensors.torch import save_file
+
+    from cleandift_rt.models import load_model
+    from training.student_init import init_student
+
+    _, result = straight_run
+    tensors, meta = read_tensors(result.full_file)
+    recipe = json.loads(meta["recipe"])
+    del recipe["revision"]  # as written before the reference recipe (GELU mapping gate)
+    old = tmp_path / "old_full.safetensors"
+    save_file(tensors, str(old), {**meta, "recipe": json.dumps(recipe)})
+    for path, warned in ((result.full_file, False), (old, True)):
+        student = Student(copy.deepcopy(load_model("tiny").unet), "mid,us3", 261.0)
+        lines = []
+        init_student(student, path, lines.append)
+        assert any(line.startswith("warning: ") and "GELU" in line for line in lines) is warned

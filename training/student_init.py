@@ -8,6 +8,7 @@ U-Net, learned timestep and heads, renamed to this project's head keys), this pr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def _fit(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, wh
         module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+def _recipe_revision(metadata: dict[str, str]) -> int:
+    """The distillation recipe revision a project student file was written by (1: before the
+    revision was recorded)."""
+    try:
+        return int(json.loads(metadata.get("recipe", "{}")).get("revision", 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1
+
+
 def init_student(student: Student, path: str | Path, log: Callable[[str], None]) -> None:
     """Load the student U-Net, learned timestep and (when the file has them) the heads of the
     distilled taps from the student file ``path`` into ``student`` (in place)."""
@@ -62,6 +72,11 @@ def init_student(student: Student, path: str | Path, log: Callable[[str], None])
         if k.startswith("conditioner.") or k.split(".")[1] in student.taps
     }
     _fit(student.heads, wanted, path, "heads")
+    if weights.layout == "student" and _recipe_revision(weights.metadata) < 2:
+        log(
+            f"warning: the heads in {path} were trained with recipe revision 1's GELU mapping "
+            "gate; they now gate with SiLU (the reference's) and start from those weights"
+        )
     log(
         f"initialised the student from {path} ({weights.layout}: U-Net, t={weights.timestep:g}, "
         f"heads of {len(student.taps)} taps)"

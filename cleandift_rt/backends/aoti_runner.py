@@ -84,6 +84,34 @@ def verify_package(path: Path, device: torch.device, rebuild: str = "") -> dict[
     return meta
 
 
+PACKAGE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def check_package_metadata(package: dict[str, str], meta: ArtifactMetadata, name: str) -> None:
+    """ArtifactError (one line, with the rebuild command) when the metadata compiled into the
+    package (``cleandift_rt.*`` keys, see export/aoti_export.py) disagrees with the sidecar:
+    taps, channels, strides, input size, batch range or dtype. Keys a package lacks are not
+    compared."""
+    expected = {
+        "cleandift_rt.taps": ",".join(t.name for t in meta.taps),
+        "cleandift_rt.channels": ",".join(str(t.channels) for t in meta.taps),
+        "cleandift_rt.strides": ",".join(str(t.stride) for t in meta.taps),
+        "cleandift_rt.input": f"uint8 NHWC {meta.height}x{meta.width}",
+        "cleandift_rt.batch_min": str(meta.batch[0]),
+        "cleandift_rt.batch_max": str(meta.batch[1]),
+        "cleandift_rt.dtype": PACKAGE_DTYPES.get(meta.precision, meta.precision),
+    }
+    for key, want in expected.items():
+        got = package.get(key)
+        if got is not None and got != want:
+            what = key.removeprefix("cleandift_rt.")
+            fix = f"; rebuild: {meta.rebuild}" if meta.rebuild else "; re-export it"
+            raise ArtifactError(
+                f"AOTInductor package '{name}' does not match {name}.json: {what} is '{got}' "
+                f"in the package, '{want}' in the sidecar{fix}"
+            )
+
+
 class AOTIRunner:
     """Runs an AOTInductor FeatureNet package on the device it was compiled for.
 
@@ -106,6 +134,7 @@ class AOTIRunner:
                 f"torch {torch.__version__}; rebuild: {meta.rebuild}"
             )
         self.package_metadata = verify_package(path, device, meta.rebuild)
+        check_package_metadata(self.package_metadata, meta, path.name)
         index = device.index if device.type == "cuda" and device.index is not None else -1
         if device.type == "cuda" and index < 0:
             index = torch.cuda.current_device()

@@ -6,18 +6,89 @@ torch tensors that the caller receives); on the CPU outputs are wrapped without 
 
 from __future__ import annotations
 
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from ..artifacts import ArtifactError, ArtifactMetadata
-from ..errors import CleanDIFTError, one_line
+from ..errors import CleanDIFTError, CleanDIFTWarning, one_line
 from .base import check_artifact_batch, describe_artifact
 
+ONNX_TYPES = {"fp32": "tensor(float)", "fp16": "tensor(float16)", "bf16": "tensor(bfloat16)"}
+NHWC = ("batch", "height", "width", "channels")
+NCHW = ("batch", "channels", "height", "width")
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def _rebuild(meta: ArtifactMetadata) -> str:
+    return f"; rebuild: {meta.rebuild}" if meta.rebuild else "; re-export it"
+
+
+def check_graph(session, meta: ArtifactMetadata, path: str | Path) -> None:
+    """ArtifactError (one line, naming the first mismatch and the rebuild command) unless the
+    graph's input and outputs have the names, dtypes and shapes its sidecar promises: uint8
+    (B, H, W, 3) in, {tap: (B, C, H / stride, W / stride)} of the sidecar's precision out.
+    Symbolic dimensions (a dynamic batch) are not compared."""
+    name = Path(path).name
+    side = f"{name}.json"
+
+    def fail(what: str) -> None:
+        raise ArtifactError(f"ONNX artifact '{name}' does not match {side}: {what}{_rebuild(meta)}")
+
+    def compare(label: str, graph_shape, expected: list, axes: tuple[str, ...]) -> None:
+        if len(graph_shape) != len(expected):
+            fail(f"{label} has {len(graph_shape)} dimensions, the sidecar says {len(expected)}")
+        for axis, got, want in zip(axes, graph_shape, expected):
+            if isinstance(got, int) and isinstance(want, int) and got != want:
+                fail(f"{label} {axis} is {got} in the graph, {want} in the sidecar")
+
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [meta.input_name]:
+        fail(f"graph inputs {[i.name for i in inputs]}, sidecar input '{meta.input_name}'")
+    x = inputs[0]
+    if x.type != "tensor(uint8)":
+        fail(f"input type {x.type}, the sidecar says uint8")
+    lo, hi = meta.batch
+    batch = lo if lo == hi else None
+    compare("input", list(x.shape), [batch, meta.height, meta.width, 3], NHWC)
+    outputs = {o.name: o for o in session.get_outputs()}
+    taps = [t.name for t in meta.taps]
+    if sorted(outputs) != sorted(taps):
+        fail(f"graph outputs {', '.join(outputs)}, sidecar taps {', '.join(taps)}")
+    want_type = ONNX_TYPES.get(meta.precision)
+    for tap, shape in meta.output_shape(batch).items():
+        out = outputs[tap]
+        if want_type and out.type != want_type:
+            fail(f"output {tap} is {out.type}, the sidecar says {meta.precision}")
+        compare(f"output {tap}", list(out.shape), shape, NCHW)
+
+
+def warn_other_producers(meta: ArtifactMetadata, path: str | Path) -> None:
+    """A CleanDIFTWarning when the sidecar names producer versions other than the installed
+    ones: an ONNX graph is portable, so it still runs, but results may differ."""
+    other, here = [], []
+    for package, built in sorted(meta.producer.items()):
+        try:
+            installed = version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            continue
+        if built and str(built) != installed:
+            other.append(f"{package} {built}")
+            here.append(f"{package} {installed}")
+    if other:
+        warnings.warn(
+            f"'{Path(path).name}' was exported by {', '.join(other)} (here: {', '.join(here)}); "
+            f"ONNX graphs are portable, so it runs: re-export if results differ{_rebuild(meta)}",
+            CleanDIFTWarning,
+            stacklevel=3,
+        )
 
 
 def import_onnxruntime():
@@ -41,6 +112,12 @@ class OnnxRuntimeRunner:
     ):
         ort = import_onnxruntime()
         provider = provider or ("cuda" if device.type == "cuda" else "cpu")
+        if provider == "cpu" and meta.precision == "bf16":
+            raise ArtifactError(
+                f"'{Path(path).name}' is a bf16 graph, which onnxruntime's CPU provider cannot "
+                f"run (no bf16 kernels for these ops): load it on CUDA or export fp32 / fp16 "
+                "for the CPU"
+            )
         available = set(ort.get_available_providers())
         wanted = PROVIDERS[provider]
         if wanted[0] not in available:
@@ -54,6 +131,8 @@ class OnnxRuntimeRunner:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as exc:  # corrupt / truncated graph, missing external data
             raise ArtifactError(f"cannot load ONNX artifact '{path}': {one_line(exc)}") from None
+        check_graph(self.session, meta, path)
+        warn_other_producers(meta, path)
         describe_artifact(self, meta, device)
         self.provider = provider
 

@@ -1,8 +1,10 @@
 """`cleandift-rt`: the command-line entry point.
 
 Every command takes ``--json`` for machine-readable output, exits 0 on success and 2 with one
-``error: ...`` line (no traceback, no partial output file) on bad input. Commands live in one
-module each; heavy imports happen inside them, so ``cleandift-rt --help`` starts fast.
+``error: ...`` line (no traceback, no partial output file) on bad input. Commands live in
+modules by area (``feature_commands``: info, extract, match, demo; ``eval_commands``: eval
+spair / homography; one module each for export, bench, track, serve); heavy imports happen
+inside them, so ``cleandift-rt --help`` starts fast.
 """
 
 from __future__ import annotations

@@ -9,7 +9,17 @@ import click
 from ..backends import registry
 from ..errors import CleanDIFTError
 from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
-from .common import check_suffix, command_line, emit, export_api, int_list, write_report
+from ..validation import (
+    check_device,
+    check_export_needs,
+    check_input_size,
+    check_model_name,
+    check_onnx_runs_here,
+    check_output_file,
+    check_output_folder,
+    split_taps,
+)
+from .common import command_line, emit, export_api, int_list, output_parent, write_report
 
 
 @click.command()
@@ -115,17 +125,33 @@ def bench(
     import shutil
     import tempfile
 
+    check_model_name(model)
+    check_device(device)
+    tap_names = split_taps(taps)
+    sides = int_list(resolutions, "--resolutions")
+    for side in sides:
+        check_input_size(side, side)
+    backend_names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    for name in backend_names:  # what each backend needs, before anything is measured
+        backend, _, precision = name.partition("-")
+        spec = registry.get(backend)  # unknown names: one line suggesting the nearest
+        if spec.exportable:
+            check_export_needs(spec.name, precision, device, validate=False)
+        if spec.name == "onnx":
+            check_onnx_runs_here(precision, device, "the onnx backend")
+    check_output_file(out, "--out", (".json",))
+    check_output_file(plot, "--plot", (".png",))
+    check_output_folder(artifacts, "--artifacts")
+
     from ..bench import BenchSettings, format_table, plot_report, run_bench
 
-    check_suffix(out, ".json", "--out")
-    check_suffix(plot, ".png", "--plot")
     settings = BenchSettings(
         model=model,
-        taps=tuple(t for t in taps.split(",") if t),
+        taps=tap_names,
         device=device,
-        resolutions=int_list(resolutions, "--resolutions"),
+        resolutions=sides,
         batches=int_list(batches, "--batches"),
-        backends=tuple(b for b in backends.split(",") if b),
+        backends=backend_names,
         warmup=warmup,
         reps=reps,
         min_time=min_time,
@@ -173,12 +199,14 @@ def bench(
     payload = report.to_dict()
     text = format_table(report)
     if plot is not None:
+        output_parent(plot)
         try:
             payload["plot"] = str(plot_report(report, plot))
         except OSError as exc:
             raise CleanDIFTError(f"cannot write '{plot}': {exc.strerror or exc}") from None
         text += f"\nwrote {plot}"
     if out is not None:
+        output_parent(out)
         payload["out"] = write_report(out, payload)
         text += f"\nwrote {out}"
     emit(payload, as_json, text)

@@ -6,8 +6,19 @@ import json
 
 import click
 
+from ..console import log_line
 from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
+from ..validation import (
+    check_base_name,
+    check_device,
+    check_model_name,
+    check_resolution,
+    check_single_tap,
+    check_timestep,
+    make_folder,
+    split_taps,
+)
 
 POLICY = click.Choice(["square", "fit"])
 RESIZE_FILTER = click.Choice(["area", "bicubic-pil"])  # imaging.RESIZE_FILTERS (cv2-free import)
@@ -93,6 +104,35 @@ def model_options(taps_option: bool):
     return wrap
 
 
+def check_model_options(
+    model: str | None,
+    base: str | None = None,
+    resolution: int | None = None,
+    policy: str = "square",
+    device: str | None = None,
+    timestep: float | None = None,
+    taps: str | None = None,
+    single_tap: bool = False,
+) -> None:
+    """Every model option checked from the arguments alone, before anything heavy is imported
+    (a bad name, size, timestep or tap list answers in a fraction of a second)."""
+    if model is not None:
+        check_model_name(model)
+    check_base_name(base)
+    check_resolution(resolution, policy)
+    check_device(device)
+    check_timestep(timestep, "--timestep")
+    if taps is not None:
+        (check_single_tap if single_tap else split_taps)(taps)
+
+
+def output_parent(path: str) -> None:
+    """Create the folder of an output file when missing, saying so on stderr."""
+    from pathlib import Path
+
+    make_folder(Path(path).expanduser().parent, log_line)
+
+
 def export_api():
     """The ``export`` package, imported on demand (the runtime never imports it): installed
     as ``cleandift_rt.export`` from a wheel, the top-level ``export/`` folder in a checkout."""
@@ -153,11 +193,6 @@ def float_list(text: str, what: str) -> tuple[float, ...]:
     if not values or not all(0 < v <= 1 for v in values):
         raise CleanDIFTError(f"{what} must be fractions in (0, 1], got '{text}'")
     return values
-
-
-def check_suffix(path: str | None, suffix: str, option: str) -> None:
-    if path is not None and not path.lower().endswith(suffix):
-        raise CleanDIFTError(f"{option} must be a {suffix} file, got '{path}'")
 
 
 def command_line(ctx: click.Context) -> str:

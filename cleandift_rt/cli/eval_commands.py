@@ -6,12 +6,14 @@ import click
 
 from ..errors import CleanDIFTError
 from ..protocol import DIFT_ENSEMBLE, DIFT_TIMESTEP
+from ..validation import check_output_file
 from .common import (
     RESIZE_FILTER,
-    check_suffix,
+    check_model_options,
     emit,
     float_list,
     model_options,
+    output_parent,
     tap_to_use,
     write_report,
 )
@@ -50,6 +52,17 @@ def eval_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _check_eval_args(out, model, base, resolution, policy, device, timestep, taps, artifact,
+                     dift, **_) -> None:  # fmt: skip
+    """Every argument of an `eval` command checked before anything heavy is imported."""
+    check_model_options(
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True
+    )
+    if artifact is not None and dift:
+        raise CleanDIFTError("--artifact and --dift exclude each other")
+    check_output_file(out, "--out", (".json",))
 
 
 def _eval_predictor(
@@ -91,6 +104,7 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     summary["hub_files"] = fx.hub_files
     text = f"{title}: {fx.description or fx.model_name}\n" + format_summary(summary, group)
     if out is not None:
+        output_parent(out)
         summary["out"] = write_report(out, summary)
         text += f"\nwrote {out}"
     emit(summary, as_json, text)
@@ -148,12 +162,12 @@ def eval_spair(
     **model_args,
 ):
     """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
-    from ..evaluation.spair import DIFT_PROMPT, DIFT_RESIZE, evaluate_spair, prompt_for, read_pairs
-
-    check_suffix(out, ".json", "--out")
+    _check_eval_args(out, **model_args)
     cats = [c for c in categories.split(",") if c] if categories else None
     thresholds = float_list(alphas, "--alpha")
     dift = model_args["dift"]
+    from ..evaluation.spair import DIFT_PROMPT, DIFT_RESIZE, evaluate_spair, prompt_for, read_pairs
+
     template = prompt_template if prompt_template is not None else (DIFT_PROMPT if dift else "")
     if template:
         prompt_for(template, "category")  # a bad template fails before loading a model
@@ -182,13 +196,14 @@ def eval_spair(
     "--images",
     default=None,
     type=click.Path(file_okay=False),
-    help="A folder of photos (default: scikit-image's bundled photos).",
+    help="A folder of photos (default: the bundled sample photos).",
 )
 @click.option(
     "--photos",
     default="astronaut,chelsea,coffee,rocket",
     show_default=True,
-    help="scikit-image photo names, when --images is not given.",
+    help="Sample photo names when --images is not given (bundled: astronaut, chelsea, coffee, "
+    "rocket; any scikit-image photo with the [demo] extra).",
 )
 @click.option("--pairs-per-image", type=click.IntRange(1), default=4, show_default=True)
 @click.option(
@@ -230,10 +245,10 @@ def eval_homography(
     **model_args,
 ):
     """PCK and end-point error on photos warped by seeded random homographies (no download)."""
+    _check_eval_args(out, **model_args)
+    alphas = float_list(thresholds, "--thresholds")
     from ..evaluation.homography import evaluate_homography, load_photos, make_pairs
 
-    check_suffix(out, ".json", "--out")
-    alphas = float_list(thresholds, "--thresholds")
     pictures = load_photos([p for p in photos.split(",") if p], images)
     pairs = make_pairs(pictures, pairs_per_image, kind, seed, grid, strength)
     fx, predict = _eval_predictor(**model_args)

@@ -10,7 +10,16 @@ import click
 from ..backends import registry
 from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
-from .common import command_line, emit, export_api
+from ..validation import (
+    check_export_needs,
+    check_input_size,
+    check_output_file,
+    check_output_folder,
+    make_folder,
+    remove_empty,
+    split_taps,
+)
+from .common import check_model_options, command_line, emit, export_api, log_line
 
 TRITON = "triton"  # not an artifact format: a model repository around one (serving/triton_repo)
 
@@ -105,11 +114,19 @@ def export_command(
     write a Triton model repository (--format triton)."""
     ctx = click.get_current_context()
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
+    check_output_folder(out, "--out")
     if fmt.lower() == TRITON:
         return _triton(ctx, from_artifact, triton_name, queue_delay_us, out, as_json, log)
     if from_artifact is not None:
         raise CleanDIFTError("--from takes an exported artifact for --format triton only")
-    path, meta = _export(dict(ctx.params), log)
+    fmt = registry.get(fmt, exportable=True).name
+    _check_export_args(dict(ctx.params, fmt=fmt))
+    created = make_folder(out, log_line)
+    try:
+        path, meta = _export(dict(ctx.params, fmt=fmt), log)
+    except BaseException:
+        remove_empty(created)
+        raise
     payload = json.loads(meta.to_json())
     payload["path"] = str(path)
     lines = [f"{path}  ({meta.format}, {meta.precision}, batch {meta.batch[0]}..{meta.batch[1]})"]
@@ -117,15 +134,29 @@ def export_command(
     emit(payload, as_json, "\n".join(lines))
 
 
+def _side(p: dict) -> int:
+    from ..models.presets import PRESETS  # a plain table: no torch
+
+    return p["resolution"] or (PRESETS[p["model"]].resolution if p["model"] in PRESETS else 512)
+
+
+def _check_export_args(p: dict) -> None:
+    """Every export argument checked before anything heavy is imported or a model loads."""
+    check_model_options(p["model"], p["base"], None, "square", p["device"], None, p["taps"])
+    side = _side(p)
+    check_input_size(p["height"] or side, p["width"] or side)
+    if p["max_batch"] is not None and p["max_batch"] < p["batch"]:
+        raise CleanDIFTError(f"--max-batch {p['max_batch']} is smaller than --batch {p['batch']}")
+    check_output_file(p["timing_cache"], "--timing-cache")
+    check_export_needs(p["fmt"], p["precision"], p["device"], validate=not p["no_validate"])
+
+
 def _export(p: dict, log):
     """Run the export of the command's parameters ``p``; returns (artifact path, metadata)."""
-    from ..models import PRESETS
-
     exporter = export_api()  # lazily: the runtime never imports export
-    native = PRESETS[p["model"]].resolution if p["model"] in PRESETS else 512
-    side = p["resolution"] or native
+    side = _side(p)
     options = exporter.ExportOptions(
-        model=p["model"], base=p["base"], taps=tuple(p["taps"].split(",")),
+        model=p["model"], base=p["base"], taps=split_taps(p["taps"]),
         height=p["height"] or side, width=p["width"] or side, batch=p["batch"],
         max_batch=p["max_batch"], precision=p["precision"], format=p["fmt"], out=p["out"],
         device=p["device"], opset=p["opset"], workspace_gib=p["workspace"],
@@ -147,6 +178,7 @@ def _triton(ctx, from_artifact, name, queue_delay_us, out, as_json, log):
     try:
         source = from_artifact
         if source is None:
+            _check_export_args(dict(ctx.params, fmt="onnx"))
             Path(out).mkdir(parents=True, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".triton-onnx-", dir=out)
             source = str(_export(dict(ctx.params, fmt="onnx", out=staging), log)[0])

@@ -13,7 +13,28 @@ import click
 from ..dtypes import PRECISIONS
 from ..errors import CleanDIFTError
 from ..store.cli import is_store_path, run_store_extract, store_options
-from .common import check_points_inside, command_line, emit, model_options, parse_points
+from ..validation import check_output_file, check_output_folder, make_folder, remove_empty
+from .common import (
+    check_model_options,
+    check_points_inside,
+    command_line,
+    emit,
+    log_line,
+    model_options,
+    output_parent,
+    parse_points,
+)
+
+
+def aoti_compiler() -> str | None:
+    """The C++ compiler AOTInductor would use here ($CXX, else g++, c++ or clang++), or None."""
+    import os
+    import shutil
+
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
 
 @click.command()
@@ -62,6 +83,7 @@ def info(as_json: bool):
     from ..models.presets import MIRROR_NOTE
 
     backends = {spec.name: spec.available() for spec in registry.BACKENDS}
+    backends["aoti"] = backends["aoti"] and aoti_compiler() is not None  # compiles C++
     backends["triton"] = triton_available()  # the fused matcher (cosine_argmax on CUDA)
     registered = [
         {"name": s.name, "aliases": list(s.aliases), "suffix": s.suffix, "extra": s.extra,
@@ -113,6 +135,7 @@ def extract(
 ):  # fmt: skip
     """Extract features of SOURCES (images, folders, globs, @list.txt, videos) into a feature
     store folder, or into one .safetensors file."""
+    check_model_options(model, base, resolution, policy, device, timestep, taps)
     if is_store_path(out):
         import shlex
 
@@ -128,14 +151,13 @@ def extract(
         return
     if store_args["engine"] != "local":
         raise CleanDIFTError("--engine ray writes a feature store: give --out a folder")
-    from ..imaging import image_name
+    check_output_file(out, "--out", (".safetensors",))
+    from ..imaging import check_image_file, image_name
+
+    for image in images:  # fail before loading a model (headers only; pixels decode later)
+        check_image_file(image)
     from ..models.checkpoint import atomic_save
 
-    for image in images:  # fail before loading a model; decoding errors come per image later
-        if not Path(image).exists():
-            raise CleanDIFTError(f"cannot read image '{image}': no such file")
-        if not Path(image).is_file():
-            raise CleanDIFTError(f"cannot read image '{image}': not a regular file")
     start = time.perf_counter()
     from ..runtime import build_extractor
 
@@ -155,6 +177,7 @@ def extract(
         "dtype": str(feats[fx.taps[0]].dtype).removeprefix("torch."),
         "hub_files": json.dumps(fx.hub_files),  # [{repo, file, commit}]: the exact weights
     }
+    output_parent(out)
     try:
         atomic_save(dict(feats.maps), out, meta)
     except OSError as exc:
@@ -260,15 +283,17 @@ def match(
     as_json,
 ):
     """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
-    from ..imaging import load_image
-
+    check_model_options(model, base, resolution, policy, device, timestep, taps, single_tap=True)
     refine_opts = _refine_options(refine, refine_window, refine_temperature)
     if (points is None) == (grid is None):
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
-    if out is not None and not out.lower().endswith(".png"):
-        raise CleanDIFTError(f"--out must be a .png file, got '{out}'")
+    check_output_file(out, "--out", (".png",))
     pts = parse_points(points) if points is not None else None
+    from ..imaging import check_image_size, load_image
+
     src, tgt = load_image(source), load_image(target)
+    check_image_size(src.shape[:2], source)
+    check_image_size(tgt.shape[:2], target)
     if pts is None:
         from ..geometry import grid_points
 
@@ -286,6 +311,7 @@ def match(
         from ..viz import draw_correspondences, save_png
 
         picture = draw_correspondences(src, tgt, result.source_points, result.target_points)
+        output_parent(out)
         try:
             payload["picture"] = str(save_png(out, picture))
         except OSError as exc:
@@ -308,7 +334,7 @@ def match(
 @click.command()
 @click.option("--model", default="toy", show_default=True, help="Model to run (see `extract`).")
 @click.option("--tap", "taps", default="us6", show_default=True)
-@click.option("--image", default=None, help="Your own photo (default: scikit-image's astronaut).")
+@click.option("--image", default=None, help="Your own photo (default: the bundled astronaut).")
 @click.option(
     "--out-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
 )
@@ -318,14 +344,22 @@ def match(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(model, taps, image, out_dir, resolution, device, dtype, as_json):
     """Offline demo: match a photo to a known warp of it; write two PNGs."""
-    from ..demo import run_demo
-    from ..imaging import load_image
+    check_model_options(model, None, resolution, "square", device, None, taps, single_tap=True)
+    check_output_folder(out_dir, "--out-dir")
+    from ..demo import demo_image, run_demo
+    from ..imaging import check_image_size, load_image
 
-    photo = load_image(image) if image is not None else None
+    photo = load_image(image) if image is not None else demo_image()
+    check_image_size(photo.shape[:2], image or "astronaut")
     from ..runtime import build_extractor
 
     fx = build_extractor(model, taps, resolution=resolution, device=device, dtype=dtype)
-    report = run_demo(fx, out_dir, photo)
+    created = make_folder(out_dir, log_line)
+    try:
+        report = run_demo(fx, out_dir, photo)
+    except BaseException:
+        remove_empty(created)
+        raise
     lines = [
         f"model {report.model}, tap {report.tap}: {report.points} points matched to a known warp",
         f"  PCK@0.05 {report.pck_05:.2f}   PCK@0.10 {report.pck_10:.2f}   "

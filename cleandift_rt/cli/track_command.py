@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
-from .common import emit, model_options, parse_points, tap_to_use
+from ..validation import check_output_file
+from .common import (
+    check_model_options,
+    emit,
+    log_line,
+    model_options,
+    output_parent,
+    parse_points,
+    tap_to_use,
+)
 
 
 @click.command()
@@ -55,9 +64,11 @@ def track(
     max_frames, warmup, out, tracks, show, trail, as_json,
 ):  # fmt: skip
     """Track points through a camera, video, image folder or URL stream."""
-    from ..tracking import Tracker, open_source, run_tracking
-    from ..tracking.output import check_output_path
-
+    check_model_options(
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True
+    )
+    if artifact is not None and not Path(artifact).is_file():
+        raise CleanDIFTError(f"--artifact '{artifact}' is not a file")
     given = [v is not None for v in (points, points_file, grid)]
     if sum(given) != 1:
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y', --points-file and --grid N")
@@ -74,14 +85,21 @@ def track(
             )
     else:
         pts = parse_points(points) if points is not None else None
-    if out is not None:
-        check_output_path(out, (".mp4", ".avi", ".mov", ".mkv"), "--out video")
-    if tracks is not None:
-        check_output_path(tracks, (".jsonl", ".json", ".ndjson"), "--tracks")
-    from ..runtime import build_extractor
+    check_output_file(out, "--out video", (".mp4", ".avi", ".mov", ".mkv"))
+    check_output_file(tracks, "--tracks", (".jsonl", ".json", ".ndjson"))
+    if out is not None and tracks is not None and Path(out).resolve() == Path(tracks).resolve():
+        raise CleanDIFTError("--out and --tracks name the same file")
+    if reference is not None:
+        from ..imaging import check_image_file
+
+        check_image_file(reference)
+    from ..tracking.sources import open_source  # no torch yet
 
     src = open_source(source)  # fail on a bad source before loading a model
     try:
+        from ..runtime import build_extractor
+        from ..tracking import Tracker, run_tracking
+
         fx = build_extractor(
             model, taps, artifact=artifact, base=base, resolution=resolution, policy=policy,
             device=device, dtype=dtype, timestep=timestep,
@@ -91,6 +109,9 @@ def track(
             update_rate=update_rate, min_score=min_score, mutual=not no_mutual, radius=radius,
             buffer=buffer, warmup=warmup,
         )  # fmt: skip
+        for path in (out, tracks):
+            if path is not None:
+                output_parent(path)
     except BaseException:
         src.close()
         raise
@@ -109,3 +130,6 @@ def track(
     ]
     lines += [f"wrote {summary[k]}" for k in ("video", "tracks") if summary.get(k)]
     emit(summary, as_json, "\n".join(lines))
+    if summary["ended"] == "interrupted":  # Ctrl-C: outputs closed, then 130 like every command
+        log_line(f"interrupted after {summary['frames']} frame(s)")
+        click.get_current_context().exit(130)

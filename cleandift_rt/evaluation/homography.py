@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..demo import demo_image
 from ..errors import CleanDIFTError
 from ..geometry import apply_homography, grid_points
-from ..imaging import load_image
+from ..imaging import check_image_size, load_image
 from .pck import PCKTally, end_point_errors
 
 KINDS = ("homography", "affine", "identity")
@@ -98,7 +98,10 @@ def load_photos(photos: Sequence[str] = DEFAULT_PHOTOS, folder: str | None = Non
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CleanDIFTError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
-    return [(p.name, load_image(p)) for p in files]
+    photos = [(p.name, load_image(p)) for p in files]
+    for name, image in photos:  # before any model loads
+        check_image_size(image.shape[:2], name)
+    return photos
 
 
 def make_pairs(

@@ -1,13 +1,33 @@
-"""Torch side of the runtime: presets, configs, loading, FeatureNet and the DIFT baseline."""
+"""Torch side of the runtime: presets, configs, loading, FeatureNet and the DIFT baseline.
 
-from .checkpoint import read_student_file, save_student_checkpoint, save_unet_file
-from .dift import DIFT_ENSEMBLE, DIFT_TIMESTEP, DIFTExtractor
-from .featurenet import INPUT_MULTIPLE, FeatureNet, LatentEncoder, build_feature_net
-from .loading import LoadedModel, load_model
-from .presets import PRESETS, Preset
-from .taps import TapLayout, TapSpec
-from .unet import TruncatedUNet
+Names are imported on first use, so light modules (``presets``, ``taps``, ``hub``) can be read
+by the CLI's argument checks without importing torch and diffusers (several seconds).
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "read_student_file": "checkpoint",
+    "save_student_checkpoint": "checkpoint",
+    "save_unet_file": "checkpoint",
+    "DIFT_ENSEMBLE": "dift",
+    "DIFT_TIMESTEP": "dift",
+    "DIFTExtractor": "dift",
+    "INPUT_MULTIPLE": "featurenet",
+    "FeatureNet": "featurenet",
+    "LatentEncoder": "featurenet",
+    "build_feature_net": "featurenet",
+    "LoadedModel": "loading",
+    "load_model": "loading",
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "TapLayout": "taps",
+    "TapSpec": "taps",
+    "TruncatedUNet": "unet",
+}
 __all__ = [
     "DIFT_ENSEMBLE",
     "DIFT_TIMESTEP",
@@ -27,3 +47,24 @@ __all__ = [
     "save_student_checkpoint",
     "save_unet_file",
 ]
+
+if TYPE_CHECKING:
+    from .checkpoint import read_student_file, save_student_checkpoint, save_unet_file
+    from .dift import DIFT_ENSEMBLE, DIFT_TIMESTEP, DIFTExtractor
+    from .featurenet import INPUT_MULTIPLE, FeatureNet, LatentEncoder, build_feature_net
+    from .loading import LoadedModel, load_model
+    from .presets import PRESETS, Preset
+    from .taps import TapLayout, TapSpec
+    from .unet import TruncatedUNet
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cleandift_rt.models' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -111,7 +111,10 @@ def load_model(
     ``prompt`` selects the conditioning text. Returns the model on the CPU in float32. Raises
     ModelError (one line) on any failure, a bad ``base`` before anything loads.
     """
-    check_base(base)
+    from ..validation import check_timestep
+
+    timestep = check_timestep(timestep)
+    check_base(base)  # a name no loader takes is refused before anything loads
     loaded = _load(str(model), base, prompt, unet_weights=True)
     if timestep is not None:
         loaded.timestep = float(timestep)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..artifacts import ArtifactError, ArtifactMetadata, read_sidecar, write_sidecar
+from ..files import atomic_path
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
 TRITON_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16", "bf16": "TYPE_BF16"}
@@ -148,12 +148,10 @@ def write_triton_repository(
         raise ArtifactError(f"bad Triton model name '{name}' (letters, digits, _ . -)")
     config = TritonModel.from_metadata(meta, name, queue_delay_us)
     file_name = PLATFORMS[meta.format][1]
-    repository = Path(repository)
-    repository.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repository))
-    try:
+    final = Path(repository) / name
+    with atomic_path(final) as staging:  # a complete repository entry or none
         version = staging / "1"
-        version.mkdir()
+        version.mkdir(parents=True)
         _link_or_copy(artifact, version / file_name)
         for extra in _external_data(artifact):  # ONNX weights over 2 GB: same file name
             _link_or_copy(extra, version / extra.name)
@@ -164,17 +162,7 @@ def write_triton_repository(
             replace(meta, artifact=file_name, build=build, rebuild=rebuild or meta.rebuild),
         )
         (staging / "config.pbtxt").write_text(config.to_pbtxt())
-        final = repository / name
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=repository))
-            os.replace(final, old / name)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 def _external_data(artifact: Path) -> list[Path]:

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from ..errors import CleanDIFTError
-from .layout import STORAGE_DTYPES
+
+STORAGE_CHOICES = ("fp16", "bf16", "fp32")  # layout.STORAGE_DTYPES (not imported: it needs torch)
 
 
 def is_store_path(out: str) -> bool:
@@ -38,7 +39,7 @@ def store_options(fn):
                      help="Run an exported artifact instead of --model."),
         click.option("--shard-size", type=click.IntRange(1), default=None,
                      help="Images per shard (store; default: about 512 MiB of maps)."),
-        click.option("--storage", type=click.Choice(list(STORAGE_DTYPES)), default="fp16",
+        click.option("--storage", type=click.Choice(STORAGE_CHOICES), default="fp16",
                      show_default=True, help="dtype of the stored maps (store)."),
         click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
                      help="Decoding threads (local engine) or extractor actors (ray)."),

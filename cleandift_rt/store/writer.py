@@ -12,13 +12,13 @@ import errno
 import fcntl
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import one_line
+from ..files import write_bytes
 from .layout import (
     INDEX_FILE,
     SETTINGS_FILE,
@@ -45,16 +45,7 @@ def _os_error(what: str, path: Path, exc: OSError) -> StoreError:
 def _write_atomic(path: Path, data: bytes) -> None:
     """``data`` into ``path`` via a hidden temporary file and a rename (fsynced); on any error
     the temporary file is removed and ``path`` is untouched."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes(path, data, sync=True)
     fsync_dir(path.parent)
 
 
