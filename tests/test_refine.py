@@ -186,19 +186,33 @@ def test_extractor_match_refines_in_original_pixels(toy_extractor, photo):
     assert res.to_dict()["refine"] == "softargmax"
 
 
-def test_flip_alignment_picks_the_flip_of_a_mirrored_pair(toy_extractor, photo):
+def test_flip_alignment_picks_the_flip_of_a_mirrored_pair(toy_extractor, photo, tmp_path, capsys):
+    """Through the CLI (``--flip-align --refine quadratic --json``) on an image and its
+    ``cv2.flip``; through ``FeatureExtractor.match`` on an identical pair."""
+    import json
+
     import cv2
+    from PIL import Image
 
     from cleandift_rt.geometry import grid_points
 
+    a, b = tmp_path / "a.png", tmp_path / "mirrored.png"
+    Image.fromarray(photo).save(a)
+    Image.fromarray(cv2.flip(photo, 1)).save(b)
+    opts = ["--model", "toy", "--resolution", 128, "--device", "cpu", "--grid", 5]
+    code, out, err = _cli(
+        ["match", a, b, *opts, "--flip-align", "--refine", "quadratic", "--json"], capsys
+    )
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["flipped"] is True and payload["refine"] == "quadratic"
+    # Mapped back into the mirrored image's pixels: near x' = W - 1 - x of each source point.
+    src = np.array([m["source"] for m in payload["matches"]])
+    tgt = np.array([m["target"] for m in payload["matches"]])
+    assert np.median(np.abs(tgt[:, 0] - (photo.shape[1] - 1 - src[:, 0]))) <= 8
+    assert (tgt != np.round(tgt)).any()  # refined: sub-pixel positions
+
     pts = grid_points(photo.shape[:2], 5)
-    mirrored = cv2.flip(photo, 1)
-    res = toy_extractor.match(photo, mirrored, pts, flip_align=True)
-    assert res.flipped is True and res.to_dict()["flipped"] is True
-    # Mapped back into the mirrored image's pixels: x' = W - 1 - x of the unflipped match.
-    w = photo.shape[1]
-    err = np.abs(res.target_points[:, 0] - (w - 1 - pts[:, 0]))
-    assert np.median(err) <= 8
     same = toy_extractor.match(photo, photo, pts, flip_align=True)
     assert same.flipped is False
     plain = toy_extractor.match(photo, photo, pts)
