@@ -239,10 +239,15 @@ def _cli(args, capsys):
         (["--refine-temperature", "nan"], "--refine-temperature must be a number > 0"),
     ],
 )
-def test_cli_refine_options_are_checked_before_any_model_loads(opts, message, capsys, tmp_path):
-    # The images do not exist: the option check comes first.
-    code, out, err = _cli(["match", tmp_path / "a.png", tmp_path / "b.png", "--grid", 2, *opts],
-                          capsys)  # fmt: skip
+@pytest.mark.parametrize("command", ["match", "track"])
+def test_cli_refine_options_are_checked_before_any_model_loads(
+    command, opts, message, capsys, tmp_path
+):
+    # The images / video do not exist: the option check comes first.
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+    if command == "track":
+        files = ["--source", tmp_path / "v.mp4"]
+    code, out, err = _cli([command, *files, "--grid", 2, *opts], capsys)
     assert code == 2 and err.startswith("error: ") and message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
@@ -252,6 +257,12 @@ def test_cli_defaults_agree_with_the_matcher():
     from cleandift_rt.matching import refine
 
     assert feature_commands.REFINE_MODES == refine.REFINE_MODES
+    assert feature_commands.refine_options("quadratic", "3", "0.5") == {
+        "refine": "quadratic", "refine_window": 3, "refine_temperature": 0.5,
+    }  # fmt: skip
+    assert feature_commands.refine_options("quadratic", "3", "0.5") == {
+        "refine": "quadratic", "refine_window": 3, "refine_temperature": 0.5,
+    }  # fmt: skip
     assert feature_commands.REFINE_DEFAULTS == {
         "refine_window": refine.DEFAULT_WINDOW,
         "refine_temperature": refine.DEFAULT_TEMPERATURE,

@@ -204,7 +204,7 @@ REFINE_MODES = ("none", "softargmax", "quadratic")
 REFINE_DEFAULTS = {"refine_window": 4, "refine_temperature": 0.01}
 
 
-def _refine_options(refine: str, window: str, temperature: str) -> dict:
+def refine_options(refine: str, window: str, temperature: str) -> dict:
     """``--refine*`` values as ``FeatureExtractor.match`` keywords; CleanDIFTError (one line,
     naming the option) on a bad value, before any model loads."""
     if refine not in REFINE_MODES:
@@ -284,7 +284,7 @@ def match(
 ):
     """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
     check_model_options(model, base, resolution, policy, device, timestep, taps, single_tap=True)
-    refine_opts = _refine_options(refine, refine_window, refine_temperature)
+    refine_opts = refine_options(refine, refine_window, refine_temperature)
     if (points is None) == (grid is None):
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
     check_output_file(out, "--out", (".png",))
