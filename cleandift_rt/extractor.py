@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,9 @@ from tqdm.auto import tqdm
 from .backends import Runner, TorchRunner
 from .dtypes import torch_dtype
 from .errors import CleanDIFTError, ImageError, MatchError, TapError
-from .imaging import ImageTransform, PreparedImage, pad_to, prepare_image
+from .imaging import ImageTransform, PreparedImage, load_image, pad_to, prepare_image
 from .matching import PixelGrid, cosine_argmax, sample_descriptors
+from .matching.refine import DEFAULT_TEMPERATURE, DEFAULT_WINDOW, check_refine
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -132,17 +134,25 @@ class MatchResult:
     """Correspondences in original pixel coordinates (x, y), pixel centres at integers.
 
     source_points (N, 2) float64; target_points (N, 2) float64 (integer-valued: the best target
-    pixel); scores (N,) float32 cosine similarity in [-1, 1].
+    pixel, unless refined to sub-pixel positions); scores (N,) float32 cosine similarity in
+    [-1, 1] at the best integer pixel. refine: the refinement used. flipped: with flip alignment,
+    whether the horizontally flipped target matched better (target_points are in the
+    unflipped target's pixels either way); None without flip alignment.
     """
 
     source_points: np.ndarray
     target_points: np.ndarray
     scores: np.ndarray
     tap: str
+    refine: str = "none"
+    flipped: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {} if self.flipped is None else {"flipped": self.flipped}
         return {
             "tap": self.tap,
+            "refine": self.refine,
+            **extra,
             "matches": [
                 {"source": [float(a), float(b)], "target": [float(c), float(d)], "score": float(s)}
                 for (a, b), (c, d), s in zip(self.source_points, self.target_points, self.scores)
@@ -344,13 +354,43 @@ class FeatureExtractor:
         return Features(maps, list(transforms), dict(self.strides))
 
     def match(
-        self, source: Any, target: Any, points: Any, *, tap: str | None = None
+        self,
+        source: Any,
+        target: Any,
+        points: Any,
+        *,
+        tap: str | None = None,
+        refine: str = "none",
+        refine_window: int = DEFAULT_WINDOW,
+        refine_temperature: float = DEFAULT_TEMPERATURE,
+        flip_align: bool = False,
     ) -> MatchResult:
         """For each source point (N, 2) (x, y) in original source pixels, the best target pixel
         in original target pixels: bilinear query sampling, then cosine argmax against the
-        target map bilinearly upsampled to the target image size."""
+        target map bilinearly upsampled to the target image size.
+
+        ``refine`` (``"none"``, ``"softargmax"``, ``"quadratic"``), ``refine_window`` (px) and
+        ``refine_temperature``: sub-pixel refinement, as in ``matching.cosine_argmax``.
+        ``flip_align``: also extract the horizontally flipped target in the same batch, match
+        against both and keep the one with the higher mean best-match cosine; coordinates found
+        in the flip are mapped back (``x' = W - 1 - x``) and ``result.flipped`` says which won.
+        """
         point_array(points)  # bad points answer before any extraction
-        return self.match_features(self([source, target]), points, tap=tap)
+        check_refine(refine, refine_window, refine_temperature)
+        opts = {"refine": refine, "refine_window": refine_window}
+        opts["refine_temperature"] = refine_temperature
+        if not flip_align:
+            return self.match_features(self([source, target]), points, tap=tap, **opts)
+        tgt = load_image(target)
+        mirrored = np.ascontiguousarray(tgt[:, ::-1])
+        feats = self([source, tgt, mirrored])
+        plain = self.match_features(feats, points, tap=tap, **opts)
+        flip = self.match_features(feats, points, target=2, tap=tap, **opts)
+        if float(np.mean(flip.scores)) <= float(np.mean(plain.scores)):
+            return dataclasses.replace(plain, flipped=False)
+        back = flip.target_points.copy()
+        back[:, 0] = tgt.shape[1] - 1 - back[:, 0]
+        return dataclasses.replace(flip, target_points=back, flipped=True)
 
     def match_features(
         self,
@@ -360,6 +400,9 @@ class FeatureExtractor:
         source: int = 0,
         target: int = 1,
         tap: str | None = None,
+        refine: str = "none",
+        refine_window: int = DEFAULT_WINDOW,
+        refine_temperature: float = DEFAULT_TEMPERATURE,
     ) -> MatchResult:
         """``match`` on already extracted features (images ``source`` → ``target``)."""
         pts = point_array(points)
@@ -370,5 +413,9 @@ class FeatureExtractor:
         queries = sample_descriptors(
             fmap[source], torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
         )
-        coords, scores = cosine_argmax(queries, fmap[target], grid=features.grid(target, tap))
-        return MatchResult(pts, coords.cpu().numpy().astype(np.float64), scores.cpu().numpy(), tap)
+        coords, scores = cosine_argmax(
+            queries, fmap[target], grid=features.grid(target, tap), refine=refine,
+            refine_window=refine_window, refine_temperature=refine_temperature,
+        )  # fmt: skip
+        found = coords.cpu().numpy().astype(np.float64)
+        return MatchResult(pts, found, scores.cpu().numpy(), tap, refine)

@@ -210,3 +210,17 @@ def test_in_fresh_process():
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+@kernels
+@pytest.mark.parametrize("mode", ["softargmax", "quadratic"])
+def test_refinement_after_triton_equals_lowres(mode):
+    """Sub-pixel refinement runs after the argmax, whichever backend found it: the Triton path
+    gives the same float coordinates as the torch low-resolution one."""
+    t = F.avg_pool2d(torch.randn(1, 16, 6, 7, generator=_gen(40)), 3, 1, 1)[0]
+    q = torch.randn(6, 16, generator=_gen(41))
+    qd, td = _on(q, t)
+    got, _ = cosine_argmax(qd, td, (40, 45), backend="triton", refine=mode)
+    want, _ = cosine_argmax(q, t, (40, 45), backend="lowres", refine=mode)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=0)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from skimage import data
 
 from cleandift_rt import FeatureExtractor, cli
+from cleandift_rt.errors import CleanDIFTError
 from cleandift_rt.geometry import grid_points
 from cleandift_rt.matching import PixelGrid, cosine_argmax, cosine_argmax_window
 from cleandift_rt.tracking import Tracker, run_tracking
@@ -167,9 +168,14 @@ def test_window_argmax_is_the_best_upsampled_pixel_inside_the_disk():
         {"mode": "anchor", "radius": 12.0},
         {"mode": "chain", "radius": 12.0},
         {"mode": "chain", "update_rate": 0.5},
+        {"mode": "anchor", "refine": "softargmax"},
+        {"mode": "chain", "radius": 12.0, "refine": "quadratic"},
     ],
-    ids=["anchor", "anchor-radius", "chain-radius", "chain-update-0.5"],
-)
+    ids=[
+        "anchor", "anchor-radius", "chain-radius", "chain-update-0.5", "anchor-softargmax",
+        "chain-radius-quadratic",
+    ],
+)  # fmt: skip
 def test_points_follow_the_known_translation_within_one_stride(video, patch_fx, options):
     points = start_points()
     tracker = Tracker(patch_fx, points, warmup=0, **options)
@@ -182,6 +188,13 @@ def test_points_follow_the_known_translation_within_one_stride(video, patch_fx, 
         assert not r.lost.any(), (r.frame, r.scores)
         assert r.points.shape == (len(points), 2) and r.scores.dtype == np.float32
     assert tracker.stats.summary()["ended"] == "end"
+
+
+def test_bad_refine_options_are_one_line_errors(patch_fx):
+    with pytest.raises(CleanDIFTError, match="refine must be one of"):
+        Tracker(patch_fx, start_points(), refine="bogus")
+    with pytest.raises(CleanDIFTError, match="refine window must be an integer >= 1"):
+        Tracker(patch_fx, start_points(), refine="softargmax", refine_window=0)
 
 
 def test_a_reference_image_gives_the_points_their_frame(video, patch_fx):

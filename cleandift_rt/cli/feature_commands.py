@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -197,6 +198,32 @@ def extract(
     emit(payload, as_json, "\n".join(text))
 
 
+#: ``matching.refine``'s modes and defaults, here without importing torch (a test checks
+#: they agree).
+REFINE_MODES = ("none", "softargmax", "quadratic")
+REFINE_DEFAULTS = {"refine_window": 4, "refine_temperature": 0.01}
+
+
+def refine_options(refine: str, window: str, temperature: str) -> dict:
+    """``--refine*`` values as ``FeatureExtractor.match`` keywords; CleanDIFTError (one line,
+    naming the option) on a bad value, before any model loads."""
+    if refine not in REFINE_MODES:
+        raise CleanDIFTError(f"--refine must be one of {', '.join(REFINE_MODES)}, got '{refine}'")
+    try:
+        win = int(window)
+    except ValueError:
+        win = None
+    if win is None or win < 1:
+        raise CleanDIFTError(f"--refine-window must be an integer >= 1 (pixels), got '{window}'")
+    try:
+        temp = float(temperature)
+    except ValueError:
+        temp = float("nan")
+    if not (math.isfinite(temp) and temp > 0):
+        raise CleanDIFTError(f"--refine-temperature must be a number > 0, got '{temperature}'")
+    return {"refine": refine, "refine_window": win, "refine_temperature": temp}
+
+
 @click.command()
 @click.argument("source")
 @click.argument("target")
@@ -205,6 +232,29 @@ def extract(
     "--points", default=None, help="Source points 'x,y;x,y' in pixels (centre = integer)."
 )
 @click.option("--grid", type=click.IntRange(1, 256), default=None, help="An N×N grid of points.")
+@click.option(
+    "--refine",
+    default="none",
+    show_default=True,
+    help="Sub-pixel refinement: none, softargmax (window softmax) or quadratic (3×3 parabola).",
+)
+@click.option(
+    "--refine-window",
+    default=str(REFINE_DEFAULTS["refine_window"]),
+    show_default=True,
+    help="Soft-argmax window half-width in target pixels (integer >= 1).",
+)
+@click.option(
+    "--refine-temperature",
+    default=str(REFINE_DEFAULTS["refine_temperature"]),
+    show_default=True,
+    help="Soft-argmax temperature in cosine units (> 0).",
+)
+@click.option(
+    "--flip-align",
+    is_flag=True,
+    help="Also match against the horizontally flipped target; keep the better (mean cosine).",
+)
 @click.option(
     "--out",
     default=None,
@@ -225,11 +275,16 @@ def match(
     taps,
     points,
     grid,
+    refine,
+    refine_window,
+    refine_temperature,
+    flip_align,
     out,
     as_json,
 ):
     """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
     check_model_options(model, base, resolution, policy, device, timestep, taps, single_tap=True)
+    refine_opts = refine_options(refine, refine_window, refine_temperature)
     if (points is None) == (grid is None):
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
     check_output_file(out, "--out", (".png",))
@@ -250,7 +305,7 @@ def match(
         model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
         timestep=timestep,
     )  # fmt: skip
-    result = fx.match(src, tgt, pts)
+    result = fx.match(src, tgt, pts, flip_align=flip_align, **refine_opts)
     payload = {"source": source, "target": target, "model": fx.model_name, **result.to_dict()}
     if out is not None:
         from ..viz import draw_correspondences, save_png
@@ -262,8 +317,13 @@ def match(
         except OSError as exc:
             raise CleanDIFTError(f"cannot write '{out}': {exc.strerror or exc}") from None
     lines = [f"{len(pts)} match(es), model {fx.model_name}, tap {result.tap}"]
+    if result.refine != "none":
+        lines[0] += f", refine {result.refine}"
+    if result.flipped is not None:
+        lines[0] += ", flipped target" if result.flipped else ", unflipped target"
+    digits = 0 if result.refine == "none" else 2
     lines += [
-        f"  ({a:.1f}, {b:.1f}) -> ({c:.0f}, {d:.0f})  score {s:.3f}"
+        f"  ({a:.1f}, {b:.1f}) -> ({c:.{digits}f}, {d:.{digits}f})  score {s:.3f}"
         for (a, b), (c, d), s in zip(result.source_points, result.target_points, result.scores)
     ]
     if out is not None:

@@ -18,6 +18,7 @@ from .common import (
     parse_points,
     tap_to_use,
 )
+from .feature_commands import REFINE_DEFAULTS, refine_options
 
 
 @click.command()
@@ -52,6 +53,24 @@ from .common import (
     help="latest: keep only the newest frame (live); all: every frame (files); auto: by source.",
 )
 @click.option("--max-frames", type=click.IntRange(1), default=None)
+@click.option(
+    "--refine",
+    default="none",
+    show_default=True,
+    help="Sub-pixel refinement of each position: none, softargmax or quadratic (see `match`).",
+)
+@click.option(
+    "--refine-window",
+    default=str(REFINE_DEFAULTS["refine_window"]),
+    show_default=True,
+    help="Soft-argmax window half-width (px, integer >= 1).",
+)
+@click.option(
+    "--refine-temperature",
+    default=str(REFINE_DEFAULTS["refine_temperature"]),
+    show_default=True,
+    help="Soft-argmax temperature (cosine units, > 0).",
+)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Annotated .mp4.")
 @click.option("--tracks", default=None, type=click.Path(dir_okay=False), help="JSONL tracks.")
@@ -61,12 +80,14 @@ from .common import (
 def track(
     source, artifact, model, base, resolution, policy, device, dtype, timestep, taps, points,
     points_file, grid, reference, mode, update_rate, min_score, no_mutual, radius, buffer,
-    max_frames, warmup, out, tracks, show, trail, as_json,
+    max_frames, refine, refine_window, refine_temperature, warmup, out, tracks, show, trail,
+    as_json,
 ):  # fmt: skip
     """Track points through a camera, video, image folder or URL stream."""
     check_model_options(
         None if artifact else model, base, resolution, policy, device, timestep, taps, True
     )
+    refine_opts = refine_options(refine, refine_window, refine_temperature)
     if artifact is not None and not Path(artifact).is_file():
         raise CleanDIFTError(f"--artifact '{artifact}' is not a file")
     given = [v is not None for v in (points, points_file, grid)]
@@ -107,7 +128,7 @@ def track(
         tracker = Tracker(
             fx, pts, grid=grid, reference=reference, tap=tap_to_use(fx, taps), mode=mode,
             update_rate=update_rate, min_score=min_score, mutual=not no_mutual, radius=radius,
-            buffer=buffer, warmup=warmup,
+            buffer=buffer, warmup=warmup, **refine_opts,
         )  # fmt: skip
         for path in (out, tracks):
             if path is not None:

@@ -43,6 +43,7 @@ from cleandift_rt.matching.argmax import cosine_argmax
 from cleandift_rt.matching.frontend import NORM_EPS, all_finite, check_positive_int, resolve_grid
 from cleandift_rt.matching.grid import PixelGrid
 from cleandift_rt.matching.reference import sample_descriptors
+from cleandift_rt.matching.refine import DEFAULT_TEMPERATURE, DEFAULT_WINDOW, check_refine
 
 __all__ = [
     "DenseMatches",
@@ -431,6 +432,9 @@ def match_points(
     tgt_grid: PixelGrid | None = None,
     mutual: bool = False,
     radius: float | None = None,
+    refine: str = "none",
+    refine_window: int = DEFAULT_WINDOW,
+    refine_temperature: float = DEFAULT_TEMPERATURE,
 ) -> MapMatches:
     """Match source pixels to their best target pixels (DIFT-style cosine argmax).
 
@@ -457,16 +461,21 @@ def match_points(
         tgt_grid: explicit target :class:`PixelGrid` (instead of ``tgt_size``).
         mutual: also compute the cycle-consistency flags.
         radius: round-trip tolerance in source pixels (``>= 0``); default one feature stride.
+        refine, refine_window, refine_temperature: sub-pixel refinement of the target pixels
+            (``"none"``, ``"softargmax"``, ``"quadratic"``), as in
+            :func:`~cleandift_rt.matching.cosine_argmax`; the cycle check starts from the
+            refined positions.
 
     Returns:
         :class:`MapMatches` on ``tgt_map.device``: ``source`` (float32, or the points' floating
-        dtype), ``target`` int64, ``scores`` float32, ``mutual`` bool or None; a leading ``B``
-        on every field for a batched ``tgt_map``.
+        dtype), ``target`` int64 (float32 when refined), ``scores`` float32, ``mutual`` bool
+        or None; a leading ``B`` on every field for a batched ``tgt_map``.
 
     Raises:
         MatchError: bad shapes, dtypes or grids, NaN/Inf features, points outside the source
-            grid, mismatched channels or devices, negative radius.
+            grid, mismatched channels or devices, negative radius, bad refine values.
     """
+    check_refine(refine, refine_window, refine_temperature)
     _check_map(src_map, "src_map", (3,))
     _check_map(tgt_map, "tgt_map", (3, 4))
     _check_pair(src_map, tgt_map)
@@ -494,7 +503,11 @@ def match_points(
     if batched:
         b = tgt_map.shape[0]
         queries = queries[None].expand(b, k, queries.shape[1])
-    target, scores = _argmax(queries, tgt_map, grid=tgrid)  # (B?, K, 2), (B?, K)
+    refined = {}
+    if refine != "none":
+        refined = {"refine": refine, "refine_window": refine_window}
+        refined["refine_temperature"] = refine_temperature
+    target, scores = _argmax(queries, tgt_map, grid=tgrid, **refined)  # (B?, K, 2), (B?, K)
 
     flags = None
     if mutual:

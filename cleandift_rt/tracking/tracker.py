@@ -27,6 +27,7 @@ from ..errors import CleanDIFTError, TapError
 from ..extractor import FeatureExtractor
 from ..imaging import load_image
 from ..matching import PixelGrid, cosine_argmax, cosine_argmax_window, sample_descriptors
+from ..matching.refine import DEFAULT_TEMPERATURE, DEFAULT_WINDOW, check_refine, refine_matches
 from .sources import CaptureThread, Frame, FrameSource, open_source, resolve_buffer
 from .upload import FrameUploader, synchronize
 
@@ -124,6 +125,8 @@ class Tracker:
         mutual: run the cycle check; cycle_tolerance: its radius in source pixels (default one
             feature stride).
         radius: search radius around the last position in frame pixels (None: whole frame).
+        refine, refine_window, refine_temperature: sub-pixel refinement of each found position
+            (``"none"``, ``"softargmax"``, ``"quadratic"``; see ``matching.cosine_argmax``).
         buffer: ``auto`` (latest for live sources, all for files), ``latest`` or ``all``.
         warmup: extractor runs before the first timed frame.
     """
@@ -142,9 +145,13 @@ class Tracker:
         mutual: bool = True,
         cycle_tolerance: float | None = None,
         radius: float | None = None,
+        refine: str = "none",
+        refine_window: int = DEFAULT_WINDOW,
+        refine_temperature: float = DEFAULT_TEMPERATURE,
         buffer: str = "auto",
         warmup: int = 1,
     ):
+        check_refine(refine, refine_window, refine_temperature)
         if (points is None) == (grid is None):
             raise CleanDIFTError("give exactly one of points and grid")
         if mode not in MODES:
@@ -163,6 +170,7 @@ class Tracker:
         self.mode, self.update_rate = mode, float(update_rate)
         self.min_score, self.mutual = float(min_score), bool(mutual)
         self.cycle_tolerance, self.radius = cycle_tolerance, radius
+        self.refine = (refine, int(refine_window), float(refine_temperature))
         self.buffer, self.warmup = buffer, int(warmup)
         self.device = extractor.runner.device
         self.uploader = FrameUploader(self.device)
@@ -225,6 +233,8 @@ class Tracker:
             coords, scores = cosine_argmax(q, fmap, grid=grid)
         else:
             coords, scores = cosine_argmax_window(q, fmap, grid, st["centers"], self.radius)
+        if self.refine[0] != "none":
+            coords = refine_matches(q, fmap, grid, coords, *self.refine)
         found = coords.to(torch.float32)
         lost = scores < self.min_score
         here = None
