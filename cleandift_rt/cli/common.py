@@ -134,12 +134,17 @@ def output_parent(path: str) -> None:
 
 
 def export_api():
-    """The ``export`` package, imported on demand (the runtime never imports it): installed
-    as ``cleandift_rt.export`` from a wheel, the top-level ``export/`` folder in a checkout."""
+    """The ``export`` package of the tree this ``cleandift_rt`` comes from, imported on demand
+    (the runtime never imports it): the top-level ``export/`` folder beside ``cleandift_rt/`` in a
+    checkout (also under an editable install), else the wheel's ``cleandift_rt.export``."""
     import importlib
     import importlib.util
+    from pathlib import Path
 
-    name = "cleandift_rt.export" if importlib.util.find_spec("cleandift_rt.export") else "export"
+    checkout = Path(__file__).resolve().parents[2] / "export"
+    spec = importlib.util.find_spec("export") if (checkout / "__init__.py").is_file() else None
+    beside = spec is not None and Path(spec.origin or "").resolve().parent == checkout
+    name = "export" if beside else "cleandift_rt.export"
     try:
         return importlib.import_module(name)
     except ImportError as exc:
