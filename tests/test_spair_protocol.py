@@ -19,14 +19,7 @@ from cleandift_rt.evaluation.spair import DIFT_PROMPT, evaluate_spair
 from cleandift_rt.imaging import RESIZE_FILTERS, prepare_image
 from cleandift_rt.models import load_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 @pytest.mark.parametrize(

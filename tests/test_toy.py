@@ -21,16 +21,10 @@ from cleandift_rt.runtime import build_extractor
 from training.pretrain_toy import PretrainConfig, pretrain
 from training.toy_photos import HELD_OUT, random_crops, training_photos
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MARGIN = 0.3  # PCK@0.1 of toy over "no motion" on the demo warp, at least
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- the bundled presets

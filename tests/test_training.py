@@ -24,6 +24,8 @@ from training.heads import FeatureHeads
 from training.objective import Student, Teacher, cosine_loss, stratified_timesteps
 from training.state import latest_state, list_checkpoints, save_state
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
+
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
@@ -41,15 +43,6 @@ def write_photos(folder: Path, size: int = 96) -> Path:
     (folder / "corrupt.jpg").write_bytes(b"not an image")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "tiny.png")
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no OpenMP spinning on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ describes itself (taps, strides, channels, fixed input size or None, batch range
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 __all__ = ["Runner", "TorchRunner"]
 _EXPORTS = {"Runner": "base", "TorchRunner": "torch_runner"}
@@ -18,7 +19,4 @@ if TYPE_CHECKING:
     from .torch_runner import TorchRunner
 
 
-def __getattr__(name: str) -> Any:  # lazily: `backends.registry` must not import torch
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "run_tracking": "session",
@@ -37,9 +38,4 @@ if TYPE_CHECKING:
     from .tracker import StreamStats, Tracker, TrackResult
 
 
-def __getattr__(name: str) -> Any:  # names imported on first use: sources need no torch
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'cleandift_rt.tracking' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
