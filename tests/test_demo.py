@@ -7,7 +7,7 @@ import pytest
 
 from cleandift_rt import demo
 from cleandift_rt.demo import CYCLE_RADIUS, choose_model, demo_warp, run_demo
-from cleandift_rt.evaluation import build_extractor
+from cleandift_rt.runtime import build_extractor
 
 
 def _fake_cache(root, files) -> None:
