@@ -253,17 +253,17 @@ def test_cli_refine_options_are_checked_before_any_model_loads(
 
 
 def test_cli_defaults_agree_with_the_matcher():
-    from cleandift_rt.cli import feature_commands
+    from cleandift_rt.cli import common
     from cleandift_rt.matching import refine
 
-    assert feature_commands.REFINE_MODES == refine.REFINE_MODES
-    assert feature_commands.refine_options("quadratic", "3", "0.5") == {
+    assert common.REFINE_MODES == refine.REFINE_MODES
+    assert common.refine_options("quadratic", "3", "0.5") == {
         "refine": "quadratic", "refine_window": 3, "refine_temperature": 0.5,
     }  # fmt: skip
-    assert feature_commands.refine_options("quadratic", "3", "0.5") == {
+    assert common.refine_options("quadratic", "3", "0.5") == {
         "refine": "quadratic", "refine_window": 3, "refine_temperature": 0.5,
     }  # fmt: skip
-    assert feature_commands.REFINE_DEFAULTS == {
+    assert common.REFINE_DEFAULTS == {
         "refine_window": refine.DEFAULT_WINDOW,
         "refine_temperature": refine.DEFAULT_TEMPERATURE,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -224,3 +225,58 @@ def write_report(path: str, payload: dict) -> str:
         return str(write_json(path, payload))
     except OSError as exc:
         raise CleanDIFTError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
+#: ``matching.refine``'s modes and defaults, here without importing torch (a test checks
+#: they agree).
+REFINE_MODES = ("none", "softargmax", "quadratic")
+REFINE_DEFAULTS = {"refine_window": 4, "refine_temperature": 0.01}
+
+
+def refine_options(refine: str, window: str, temperature: str) -> dict:
+    """``--refine*`` values as ``FeatureExtractor.match`` keywords; CleanDIFTError (one line,
+    naming the option) on a bad value, before any model loads."""
+    if refine not in REFINE_MODES:
+        raise CleanDIFTError(f"--refine must be one of {', '.join(REFINE_MODES)}, got '{refine}'")
+    try:
+        win = int(window)
+    except ValueError:
+        win = None
+    if win is None or win < 1:
+        raise CleanDIFTError(f"--refine-window must be an integer >= 1 (pixels), got '{window}'")
+    try:
+        temp = float(temperature)
+    except ValueError:
+        temp = float("nan")
+    if not (math.isfinite(temp) and temp > 0):
+        raise CleanDIFTError(f"--refine-temperature must be a number > 0, got '{temperature}'")
+    return {"refine": refine, "refine_window": win, "refine_temperature": temp}
+
+
+def refine_cli_options(fn):
+    """``--refine``, ``--refine-window``, ``--refine-temperature`` (parsed by
+    ``refine_options``), shared by `match` and `track`."""
+    options = [
+        click.option(
+            "--refine",
+            default="none",
+            show_default=True,
+            help="Sub-pixel refinement: none, softargmax (softmax of the exact upsampled cosine "
+            "over a window around the argmax) or quadratic (3×3 parabola).",
+        ),
+        click.option(
+            "--refine-window",
+            default=str(REFINE_DEFAULTS["refine_window"]),
+            show_default=True,
+            help="Soft-argmax window half-width in target pixels (integer >= 1).",
+        ),
+        click.option(
+            "--refine-temperature",
+            default=str(REFINE_DEFAULTS["refine_temperature"]),
+            show_default=True,
+            help="Soft-argmax temperature in cosine units (> 0).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from .common import (
     model_options,
     output_parent,
     parse_points,
+    refine_cli_options,
+    refine_options,
 )
 
 
@@ -198,32 +199,6 @@ def extract(
     emit(payload, as_json, "\n".join(text))
 
 
-#: ``matching.refine``'s modes and defaults, here without importing torch (a test checks
-#: they agree).
-REFINE_MODES = ("none", "softargmax", "quadratic")
-REFINE_DEFAULTS = {"refine_window": 4, "refine_temperature": 0.01}
-
-
-def refine_options(refine: str, window: str, temperature: str) -> dict:
-    """``--refine*`` values as ``FeatureExtractor.match`` keywords; CleanDIFTError (one line,
-    naming the option) on a bad value, before any model loads."""
-    if refine not in REFINE_MODES:
-        raise CleanDIFTError(f"--refine must be one of {', '.join(REFINE_MODES)}, got '{refine}'")
-    try:
-        win = int(window)
-    except ValueError:
-        win = None
-    if win is None or win < 1:
-        raise CleanDIFTError(f"--refine-window must be an integer >= 1 (pixels), got '{window}'")
-    try:
-        temp = float(temperature)
-    except ValueError:
-        temp = float("nan")
-    if not (math.isfinite(temp) and temp > 0):
-        raise CleanDIFTError(f"--refine-temperature must be a number > 0, got '{temperature}'")
-    return {"refine": refine, "refine_window": win, "refine_temperature": temp}
-
-
 @click.command()
 @click.argument("source")
 @click.argument("target")
@@ -232,24 +207,7 @@ def refine_options(refine: str, window: str, temperature: str) -> dict:
     "--points", default=None, help="Source points 'x,y;x,y' in pixels (centre = integer)."
 )
 @click.option("--grid", type=click.IntRange(1, 256), default=None, help="An N×N grid of points.")
-@click.option(
-    "--refine",
-    default="none",
-    show_default=True,
-    help="Sub-pixel refinement: none, softargmax (window softmax) or quadratic (3×3 parabola).",
-)
-@click.option(
-    "--refine-window",
-    default=str(REFINE_DEFAULTS["refine_window"]),
-    show_default=True,
-    help="Soft-argmax window half-width in target pixels (integer >= 1).",
-)
-@click.option(
-    "--refine-temperature",
-    default=str(REFINE_DEFAULTS["refine_temperature"]),
-    show_default=True,
-    help="Soft-argmax temperature in cosine units (> 0).",
-)
+@refine_cli_options
 @click.option(
     "--flip-align",
     is_flag=True,

@@ -16,9 +16,10 @@ from .common import (
     model_options,
     output_parent,
     parse_points,
+    refine_cli_options,
+    refine_options,
     tap_to_use,
 )
-from .feature_commands import REFINE_DEFAULTS, refine_options
 
 
 @click.command()
@@ -53,24 +54,7 @@ from .feature_commands import REFINE_DEFAULTS, refine_options
     help="latest: keep only the newest frame (live); all: every frame (files); auto: by source.",
 )
 @click.option("--max-frames", type=click.IntRange(1), default=None)
-@click.option(
-    "--refine",
-    default="none",
-    show_default=True,
-    help="Sub-pixel refinement of each position: none, softargmax or quadratic (see `match`).",
-)
-@click.option(
-    "--refine-window",
-    default=str(REFINE_DEFAULTS["refine_window"]),
-    show_default=True,
-    help="Soft-argmax window half-width (px, integer >= 1).",
-)
-@click.option(
-    "--refine-temperature",
-    default=str(REFINE_DEFAULTS["refine_temperature"]),
-    show_default=True,
-    help="Soft-argmax temperature (cosine units, > 0).",
-)
+@refine_cli_options
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Annotated .mp4.")
 @click.option("--tracks", default=None, type=click.Path(dir_okay=False), help="JSONL tracks.")
