@@ -365,7 +365,7 @@ def test_export_failures_are_one_line(tmp_path, monkeypatch, capsys):
         assert run(tmp_path / "a") == ("error: writing the onnx artifact failed: exporter exploded")
 
     class RefusingRuntime:  # as onnxruntime refusing a graph at run time
-        def runner(self, batch):
+        def extract_prepared(self, batch, **options):  # the extractor's one batching path
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Shape mismatch\ndetails")
 
     hide_modules(monkeypatch, "polygraphy")  # (no folding: a faster export)
