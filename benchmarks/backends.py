@@ -41,8 +41,11 @@ def make_runner(backend: str, precision: str, args, res: int, batch: int, workdi
 
         model = load_model(args.model).to(device, DTYPES[precision])
         return TorchRunner(model.feature_net(args.taps.split(",")))
+    from cleandift_rt.cli.common import export_api
     from cleandift_rt.runtime import load_runner
-    from export import ExportOptions, export_model
+
+    exporter = export_api()  # the checkout's export/, else the installed cleandift_rt.export
+    ExportOptions, export_model = exporter.ExportOptions, exporter.export_model
 
     options = ExportOptions(model=args.model, taps=tuple(args.taps.split(",")), height=res,
                             width=res, batch=batch, precision=precision,

@@ -287,8 +287,11 @@ def _ort_gpu() -> tuple[bool, str]:
 def stage_bench_export(ctx: StageContext) -> None:
     """Exported backends built here: AOTInductor fp16 (768² first), ONNX where onnxruntime runs
     on this device, a TensorRT engine where tensorrt is installed."""
+    from cleandift_rt.cli.common import export_api
     from cleandift_rt.runtime import load_runner
-    from export import ExportOptions, export_model
+
+    exporter = export_api()  # the checkout's export/, else the installed cleandift_rt.export
+    ExportOptions, export_model = exporter.ExportOptions, exporter.export_model
 
     precision = "fp32" if ctx.dry_run else "fp16"
     s = BenchSession(ctx, [precision])

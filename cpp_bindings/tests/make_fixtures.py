@@ -125,7 +125,10 @@ def export_package(out: Path) -> Path:
     """The tiny AOTInductor package in out/aoti (exported once per stamp)."""
     import torch._inductor.config
 
-    from export.build import ExportOptions, export_model
+    from cleandift_rt.cli.common import export_api
+
+    exporter = export_api()  # the checkout's export/, else the installed cleandift_rt.export
+    ExportOptions, export_model = exporter.ExportOptions, exporter.export_model
 
     aoti_dir = out / "aoti"
     stamp_file = aoti_dir / "stamp.txt"
