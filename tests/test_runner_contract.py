@@ -88,6 +88,8 @@ def test_outputs_equal_pytorch_fp32(runner, reference_net, batch):
     for tap in TAPS:
         s = runner.strides[tap]
         assert tuple(out[tap].shape) == (batch, runner.channels[tap], SIZE[0] // s, SIZE[1] // s)
+        assert out[tap].dtype == runner.dtype == torch.float32, tap  # fp32 artifacts and models
+        assert out[tap].device.type == torch.device(runner.device).type, tap
         got = out[tap].float().cpu()
         assert float((got - ref[tap]).abs().max() / ref[tap].abs().max()) < 1e-4, tap
 
