@@ -107,6 +107,7 @@ def unpack(deb: Path, root: Path) -> Path:
     if not root.is_dir():
         tmp = root.with_name(root.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)  # dpkg -x makes only the last folder
         subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True)
         tmp.rename(root)
     return root
@@ -305,7 +306,7 @@ def cli(cache: str, out: str, side: int, manifest: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cleandift_rt.cli.common import run_console
+    from cleandift_rt.console import run_console
 
     run_console(cli, argv, "python -m training.toy_sources")
 
