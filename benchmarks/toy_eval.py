@@ -199,7 +199,7 @@ def plot(
     cv2.polylines(canvas, [np.array(points, np.int32)], False, blue, 2, cv2.LINE_AA)
     for p in points:
         cv2.circle(canvas, p, 4, blue, -1, cv2.LINE_AA)
-    legend = [(f"DIFT toy-base (ens {record['ensemble']})", blue)]
+    legend = [(f"DIFT {record.get('base_model', 'toy-base')} (ens {record['ensemble']})", blue)]
     colours = [(214, 39, 40), (44, 160, 44), (127, 127, 127), (148, 103, 189)]
     for (label, v), colour in zip(singles, colours):
         y = xy(0, v)[1]
@@ -225,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--student", default="toy", help="CleanDIFT model (a preset or a file).")
     ap.add_argument(
+        "--base-model",
+        default="toy-base",
+        help="Base SD of the single-pass and DIFT rows (a preset or a model folder).",
+    )
+    ap.add_argument(
         "--skip",
         default="",
         help="Cases to leave out (comma-separated): student, base, tiny, dift.",
@@ -247,15 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     skip, ens = {c for c in args.skip.split(",") if c}, args.ensemble
     name = Path(args.student).stem if Path(args.student).is_file() else args.student
+    base_name = args.base_model
     cases = [] if "student" in skip else [(f"CleanDIFT {name}", "clean", dict(model=args.student))]
     if "base" not in skip:
-        cases.append(("toy-base single pass", "base", dict(model="toy-base")))
+        cases.append((f"{base_name} single pass", "base", dict(model=args.base_model)))
     if "tiny" not in skip:
         cases.append(("tiny (random weights)", "tiny", dict(model="tiny")))
     cases.append(("no motion (identity)", "no_motion", dict(no_motion=True)))
     if "dift" not in skip:
         cases += [
-            (f"DIFT toy-base t={t}", "dift", dict(model="toy-base", dift=True, t=t, ensemble=ens))
+            (
+                f"DIFT {base_name} t={t}",
+                "dift",
+                dict(model=args.base_model, dift=True, t=t, ensemble=ens),
+            )
             for t in ts
         ]
     set_info = {
@@ -291,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/toy_eval.py " + " ".join(argv or sys.argv[1:]),
         "sets": set_info,
         "ensemble": args.ensemble,
+        "base_model": args.base_model,
         "resolution": args.resolution,
         "machine": machine_info(),
         "comparisons": {n: comparisons(rows, n, taps) for n in sets},
