@@ -137,7 +137,8 @@ class MatchResult:
     pixel, unless refined to sub-pixel positions); scores (N,) float32 cosine similarity in
     [-1, 1] at the best integer pixel. refine: the refinement used. flipped: with flip alignment,
     whether the horizontally flipped target matched better (target_points are in the
-    unflipped target's pixels either way); None without flip alignment.
+    unflipped target's pixels either way); None without flip alignment. pca_dim: D when the
+    maps were reduced by a PCA fitted on the pair (``fuse="pca:D"``), else None.
     """
 
     source_points: np.ndarray
@@ -146,9 +147,12 @@ class MatchResult:
     tap: str
     refine: str = "none"
     flipped: bool | None = None
+    pca_dim: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {} if self.flipped is None else {"flipped": self.flipped}
+        if self.pca_dim is not None:
+            extra["pca_dim"] = self.pca_dim
         return {
             "tap": self.tap,
             "refine": self.refine,
@@ -173,6 +177,10 @@ class FeatureExtractor:
         hub_files: {repo, file, commit} of the hub files the weights came from.
         prompt_encoder: prompt → context (1, L, D); enables ``set_prompt`` on runners whose
             network holds its context (the PyTorch ones).
+        fusion: what a fused output is made of (``FeatureNet.fusion_info``, an artifact
+            sidecar's ``fusion``), {} for plain taps.
+        pca_dim: reduce the maps of every matched pair to this many channels with a PCA fitted
+            on the pair (``--fuse pca:D``; ``matching.pca``), or None.
     """
 
     def __init__(
@@ -186,6 +194,8 @@ class FeatureExtractor:
         resize_filter: str = "area",
         hub_files: Sequence[dict[str, str]] = (),
         prompt_encoder: Any = None,
+        fusion: dict[str, Any] | None = None,
+        pca_dim: int | None = None,
     ):
         from .imaging import check_resize_filter
 
@@ -201,6 +211,10 @@ class FeatureExtractor:
         self.prompt_encoder = prompt_encoder
         self.prompt = ""
         self._contexts: dict[str, torch.Tensor] = {}
+        self.fusion = dict(fusion or {})
+        if pca_dim is not None and int(pca_dim) < 1:
+            raise CleanDIFTError(f"pca_dim must be >= 1, got {pca_dim}")
+        self.pca_dim = None if pca_dim is None else int(pca_dim)
 
     @classmethod
     def from_pretrained(
@@ -218,12 +232,21 @@ class FeatureExtractor:
         prompt: str = "",
         compile: str | None = None,
         resize_filter: str = "area",
+        fuse: str | None = None,
+        tap_weights: str | Sequence[float] | None = None,
+        fusion_alpha: float | None = None,
     ) -> FeatureExtractor:
-        """Load ``model`` (preset, folder, hub id or safetensors file; see ``load_model``) and
-        build its FeatureNet for ``taps``. ``base``: a local diffusers folder or hub id that
-        replaces the base of a hub preset, or the base of a .safetensors file. ``compile``: a
-        torch.compile mode for the PyTorch backend (see ``TorchRunner``). Exported artifacts
-        load with ``load_runtime``."""
+        """Load ``model`` (preset, folder, hub id or safetensors file, optionally
+        ``+<dinov2>``; see ``load_model``) and build its FeatureNet for ``taps``. ``base``: a
+        local diffusers folder or hub id that replaces the base of a hub preset, or the base of
+        a .safetensors file. ``compile``: a torch.compile mode for the PyTorch backend (see
+        ``TorchRunner``). Exported artifacts load with ``load_runtime``.
+
+        Fusion (one output ``fused``; see ``cleandift_rt.fusion``): ``fuse`` ``"concat"`` or
+        ``"pca:D"`` fuses two or more taps with ``tap_weights`` (one per tap, default equal);
+        an ``<sd>+<dinov2>`` model fuses the SD map with DINOv2's, the SD share being
+        ``fusion_alpha`` (default 0.5). With ``pca:D``, ``match`` reduces each pair's maps to D
+        channels with a PCA fitted on the pair."""
         from .backends import registry
         from .models import load_model
 
@@ -232,14 +255,18 @@ class FeatureExtractor:
                 f"backend '{backend}' runs exported artifacts: export the model, then load it "
                 "with cleandift_rt.load_runtime(path)"
             )
+        from .fusion import make_fusion, split_model_name
         from .validation import check_timestep, split_taps
 
-        split_taps(taps, "taps")  # names only: the model checks it has them
+        names = split_taps(taps, "taps")  # names only: the model checks it has them
+        fusion = make_fusion(names, fuse=fuse, tap_weights=tap_weights, alpha=fusion_alpha,
+                             dino=split_model_name(str(model))[1])  # fmt: skip
         timestep = check_timestep(timestep)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
-        runner = TorchRunner(loaded.feature_net(taps), compile=compile)
+        net = loaded.feature_net(names, fusion)
+        runner = TorchRunner(net, compile=compile)
         extractor = cls(
             runner,
             resolution=resolution if resolution is not None else loaded.resolution,
@@ -249,6 +276,8 @@ class FeatureExtractor:
             resize_filter=resize_filter,
             hub_files=loaded.hub_files,
             prompt_encoder=loaded.prompt_encoder,
+            fusion=net.fusion_info(),
+            pca_dim=fusion.pca_dim if fusion is not None else None,
         )
         extractor.prompt = prompt
         return extractor
@@ -410,12 +439,24 @@ class FeatureExtractor:
         if tap not in features.maps:
             raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(features.maps)})")
         fmap = features[tap]
+        src_map, tgt_map = self.pair_maps(fmap[source], fmap[target])
         queries = sample_descriptors(
-            fmap[source], torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
+            src_map, torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
         )
         coords, scores = cosine_argmax(
-            queries, fmap[target], grid=features.grid(target, tap), refine=refine,
+            queries, tgt_map, grid=features.grid(target, tap), refine=refine,
             refine_window=refine_window, refine_temperature=refine_temperature,
         )  # fmt: skip
         found = coords.cpu().numpy().astype(np.float64)
-        return MatchResult(pts, found, scores.cpu().numpy(), tap, refine)
+        return MatchResult(pts, found, scores.cpu().numpy(), tap, refine, pca_dim=self.pca_dim)
+
+    def pair_maps(
+        self, source: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps (C, h, w) of a pair as matched: as they are, or with ``pca_dim`` both
+        projected on the PCA of their cells together (D, h, w)."""
+        if self.pca_dim is None:
+            return source, target
+        from .matching.pca import pca_pair
+
+        return pca_pair(source, target, self.pca_dim)

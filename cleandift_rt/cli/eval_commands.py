@@ -55,11 +55,12 @@ def eval_options(fn):
 
 
 def _check_eval_args(out, model, base, resolution, policy, device, timestep, taps, artifact,
-                     dift, **_) -> None:  # fmt: skip
+                     dift, fusion, **_) -> None:  # fmt: skip
     """Every argument of an `eval` command checked before anything heavy is imported."""
     check_model_options(
-        None if artifact else model, base, resolution, policy, device, timestep, taps, True
-    )
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True,
+        fusion,
+    )  # fmt: skip
     if artifact is not None and dift:
         raise CleanDIFTError("--artifact and --dift exclude each other")
     check_output_file(out, "--out", (".json",))
@@ -78,6 +79,7 @@ def _eval_predictor(
     dift,
     dift_t,
     dift_ensemble,
+    fusion,
     resize_filter="area",
 ):
     from ..evaluation import ExtractorPredictor
@@ -89,7 +91,7 @@ def _eval_predictor(
     fx = build_extractor(
         model, [taps], artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
         resolution=resolution, policy=policy, device=device, dtype=dtype, timestep=timestep,
-        resize_filter=resize_filter,
+        resize_filter=resize_filter, **fusion,
     )  # fmt: skip
     return fx, ExtractorPredictor(fx, tap_to_use(fx, taps))
 

@@ -17,7 +17,8 @@ class ExtractorPredictor:
 
     Each image's features are extracted once and kept (up to ``cache_size`` images, keyed by
     the caller's image keys), as DIFT's SPair evaluation does; matching is the exact cosine
-    argmax over the target map upsampled to the target's original size.
+    argmax over the target map upsampled to the target's original size (both maps reduced
+    by a PCA fitted on the pair first when the extractor has ``pca_dim``).
     """
 
     def __init__(self, extractor: FeatureExtractor, tap: str | None = None, cache_size: int = 32):
@@ -55,8 +56,8 @@ class ExtractorPredictor:
                 None if k is None else f"{prompt}\0{k}" for k in (source_key, target_key)
             )
         src, tgt = self.features(source, source_key), self.features(target, target_key)
-        fmap = src[self.tap]
-        pts = torch.as_tensor(np.asarray(points, dtype=np.float64), device=fmap.device)
-        queries = sample_descriptors(fmap[0], pts, src.grid(0, self.tap))
-        coords, _ = cosine_argmax(queries, tgt[self.tap][0], grid=tgt.grid(0, self.tap))
+        src_map, tgt_map = self.extractor.pair_maps(src[self.tap][0], tgt[self.tap][0])
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float64), device=src_map.device)
+        queries = sample_descriptors(src_map, pts, src.grid(0, self.tap))
+        coords, _ = cosine_argmax(queries, tgt_map, grid=tgt.grid(0, self.tap))
         return coords.cpu().numpy().astype(np.float64)
