@@ -124,3 +124,22 @@ def test_cli_export_of_a_dino_model(tmp_path, capsys):
     assert payload["outputs"] == {FUSED: ["batch", 64 * 2 + 32, SIZE // 8, SIZE // 8]}
     assert payload["validation"][FUSED]["cosine"] >= 0.9999
     assert payload["fusion"]["dino"]["model"] == "dinov2-tiny"
+
+
+def test_aoti_package_returns_the_fused_map(tmp_path):
+    """AOTInductor compiles the same fused graph (SD taps + DINOv2, one output); about a minute
+    of C++ compilation on two cores."""
+    import torch._inductor.config
+    from conftest import FAST_COMPILE  # the suite's AOTInductor settings
+
+    case = dict(model="tiny+dinov2-tiny", taps=("us6", "us9"), fuse="concat")
+    options = ExportOptions(height=SIZE, width=SIZE, batch=1, max_batch=2, precision="fp32",
+                            format="aoti", out=str(tmp_path), device="cpu", **case)  # fmt: skip
+    with torch._inductor.config.patch(FAST_COMPILE):
+        path, meta = export_model(options, log=lambda _: None)
+    images = photos(2)
+    out = load_runtime(path).runner(images)
+    ref = reference(case, images)
+    cos = torch.nn.functional.cosine_similarity(out[FUSED].flatten(1), ref.flatten(1), dim=1)
+    assert list(out) == [FUSED] and (cos >= 0.9999).all(), cos
+    assert meta.fusion["channels"] == 64 * 2 + 32 and meta.taps[0].stride == 8
