@@ -306,13 +306,16 @@ def refine_options(refine: str, window: str, temperature: str) -> dict:
     return {"refine": refine, "refine_window": win, "refine_temperature": temp}
 
 
-def refine_cli_options(fn):
+def refine_cli_options(fn=None, *, default: str = "none"):
     """``--refine``, ``--refine-window``, ``--refine-temperature`` (parsed by
-    ``refine_options``), shared by `match` and `track`."""
+    ``refine_options``), shared by `match` (``@refine_cli_options``: default none) and `track`
+    (``@refine_cli_options(default="quadratic")``: it lowers tracking jitter, TRACKING.md)."""
+    if fn is None:
+        return lambda f: refine_cli_options(f, default=default)
     options = [
         click.option(
             "--refine",
-            default="none",
+            default=default,
             show_default=True,
             help="Sub-pixel refinement: none, softargmax (softmax of the exact upsampled cosine "
             "over a window around the argmax) or quadratic (3×3 parabola).",

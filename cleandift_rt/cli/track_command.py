@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
+from ..tracking.defaults import TRACK_REFINE
 from ..validation import check_output_file
 from .common import (
     check_model_options,
@@ -54,7 +55,7 @@ from .common import (
     help="latest: keep only the newest frame (live); all: every frame (files); auto: by source.",
 )
 @click.option("--max-frames", type=click.IntRange(1), default=None)
-@refine_cli_options
+@refine_cli_options(default=TRACK_REFINE)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Annotated .mp4.")
 @click.option("--tracks", default=None, type=click.Path(dir_okay=False), help="JSONL tracks.")
