@@ -305,6 +305,19 @@ def test_cli_extract_and_match_with_dino(model, images, tmp_path, capsys):
     assert len(payload["matches"]) == 4
 
 
+def test_a_local_dinov2_folder_loads_quietly(tmp_path, photos, capsys):
+    """``tiny+DIR`` with DIR a saved Dinov2Model (safetensors) computes what the named one does."""
+    folder = tmp_path / "dino"
+    build_tiny_dino().save_pretrained(folder, safe_serialization=True)
+    capsys.readouterr()
+    loaded = load_model(f"tiny+{folder}")
+    assert capsys.readouterr().err == "" and loaded.dino.sources == [str(folder)]
+    with torch.no_grad():
+        (a,) = loaded.feature_net("us6")(photos)
+        (b,) = load_model("tiny+dinov2-tiny").feature_net("us6")(photos)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_offline_hub_dino_is_one_line_error(monkeypatch, tmp_path):
     """A hub DINOv2 id that is not cached, offline: one ModelError line naming it, quickly."""
     import time

@@ -79,12 +79,18 @@ def _load_folder(folder: Path) -> nn.Module:
     tf = _transformers()
     if not (folder / "model.safetensors").is_file():
         raise ModelError(f"DINOv2 folder '{folder}' has no model.safetensors (no pickles are read)")
+    bars = tf.utils.logging
+    quiet = not bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # no "Loading weights" bar on stderr (it breaks one-line output)
     try:
         config = tf.AutoConfig.from_pretrained(folder)
         cls = _model_class(config)
         return cls.from_pretrained(folder, use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the DINOv2 model in '{folder}': {one_line(exc)}") from None
+    finally:
+        if not quiet:
+            bars.enable_progress_bar()
 
 
 def load_dino(name: str) -> LoadedDino:

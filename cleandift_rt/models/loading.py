@@ -143,17 +143,18 @@ def load_model(
     timestep = check_timestep(timestep)
     check_base(base)  # a name no loader takes is refused before anything loads
     sd, dino = split_model_name(str(model))
-    if dino is not None:
+    backbone = None
+    if dino is not None:  # first: a DINOv2 the hub cannot give fails before SD loads
         from ..validation import check_dino_name
+        from .dino import load_dino
 
         check_dino_name(dino)
+        backbone = load_dino(dino)
     loaded = _load(sd, base, prompt, unet_weights=True)
     if timestep is not None:
         loaded.timestep = float(timestep)
-    if dino is not None:
-        from .dino import load_dino
-
-        loaded.dino = load_dino(dino)
+    if backbone is not None:
+        loaded.dino = backbone
         loaded.name = f"{loaded.name}+{dino}"
         loaded.description += f", fused with DINOv2 {dino}"
         loaded.hub_files += loaded.dino.hub_files
