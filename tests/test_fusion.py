@@ -333,3 +333,24 @@ def test_offline_hub_dino_is_one_line_error(monkeypatch, tmp_path):
         load_dino("dinov2-b")
     assert "\n" not in str(info.value) and "offline" in str(info.value)
     assert time.perf_counter() - start < 5
+
+
+def test_cli_eval_homography_with_fused_taps_and_pca(capsys):
+    payload = run_cli(["eval", "homography", "--model", "tiny", "--resolution", 64, "--taps",
+                       "us6,us9", "--fuse", "pca:4", "--pairs-per-image", 1, "--grid", 3,
+                       "--photos", "astronaut,chelsea", "--json"], capsys)  # fmt: skip
+    assert payload["overall"]["pairs"] == 2 and payload["model"] == "tiny"
+
+
+def test_cli_track_with_a_dino_model_and_fused_taps(tmp_path, capsys):
+    from cleandift_rt.photos import sample_photo
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    photo = prepare_image(sample_photo("astronaut"), SIZE).array
+    for i in range(3):
+        Image.fromarray(np.roll(photo, 2 * i, axis=1)).save(folder / f"{i:03d}.png")
+    summary = run_cli(["track", "--source", folder, "--model", "tiny+dinov2-tiny", "--taps",
+                       "us6,us9", "--fuse", "concat", "--resolution", 64, "--grid", 3,
+                       "--warmup", 0, "--json"], capsys)  # fmt: skip
+    assert summary["frames"] == 3 and summary["tap"] == FUSED and summary["points"] == 9

@@ -89,7 +89,7 @@ def _eval_predictor(
     from ..runtime import build_extractor
 
     fx = build_extractor(
-        model, [taps], artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
+        model, taps, artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
         resolution=resolution, policy=policy, device=device, dtype=dtype, timestep=timestep,
         resize_filter=resize_filter, **fusion,
     )  # fmt: skip
