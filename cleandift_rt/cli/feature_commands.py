@@ -81,7 +81,7 @@ def info(as_json: bool):
     from ..backends import registry
     from ..matching.triton_argmax import triton_available
     from ..models import PRESETS
-    from ..models.presets import MIRROR_NOTE
+    from ..models.presets import DINO_PRESETS, MIRROR_NOTE
 
     backends = {spec.name: spec.available() for spec in registry.BACKENDS}
     backends["aoti"] = backends["aoti"] and aoti_compiler() is not None  # compiles C++
@@ -93,6 +93,9 @@ def info(as_json: bool):
     ]  # fmt: skip
 
     models = {name: p.description for name, p in PRESETS.items()}
+    dino = {
+        name: repo or "random fixed-seed weights (tests)" for name, repo in DINO_PRESETS.items()
+    }
     payload = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -101,7 +104,12 @@ def info(as_json: bool):
         "backends": backends,
         "registry": registered,
         "models": models,
-        "notes": [MIRROR_NOTE, "--base DIR|HUB_ID replaces the base of every hub preset"],
+        "dino_models": dino,
+        "notes": [
+            MIRROR_NOTE,
+            "--base DIR|HUB_ID replaces the base of every hub preset",
+            "MODEL+DINOV2 (e.g. sd21+dinov2-b) fuses a model with a DINOv2 backbone",
+        ],
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
@@ -112,6 +120,7 @@ def info(as_json: bool):
         need = "" if s["available"] else f"  [pip install 'cleandift-rt[{s['extra']}]']"
         lines.append(f"  {s['name'] + also:28s} {s['description']}{need if s['extra'] else ''}")
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
+    lines += ["DINOv2 backbones (MODEL+DINOV2):"] + [f"  {k:24s} {v}" for k, v in dino.items()]
     lines += [f"note: {n}" for n in payload["notes"]]
     emit(payload, as_json, "\n".join(lines))
 
