@@ -50,11 +50,8 @@ class Fusion:
 
     @property
     def mode(self) -> str:
+        """The ``--fuse`` value it stands for: ``concat`` or ``pca:D``."""
         return "concat" if self.pca_dim is None else f"pca:{self.pca_dim}"
-
-    def to_dict(self) -> dict:
-        return {"taps": list(self.taps), "weights": list(self.weights), "alpha": self.alpha,
-                "dino": self.dino, "mode": self.mode}  # fmt: skip
 
 
 def split_model_name(model: str) -> tuple[str, str | None]:
