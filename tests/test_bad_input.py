@@ -187,6 +187,8 @@ CLI_CASES = [
                                      "--tap-weights", "-1,1", "--out", "{OUT}"], ">= 0", ()),
     ("export-alpha-above-1", ["export", "--model", "tiny+dinov2-tiny", "--fusion-alpha", "1.01",
                               "--out", "{OUT}"], "[0, 1]", ()),
+    ("eval-homography-dift-fused", ["eval", "homography", "--dift", "--tap", "us6,us9",
+                                    "--fuse", "concat"], "DIFT baseline", ()),
     ("eval-homography-fuse-unknown", ["eval", "homography", "--tap", "us6,us9", "--fuse", "sum"],
      "unknown --fuse", ()),
     ("track-fuse-pca", ["track", "--source", "{folder}", "--grid", "2", "--taps", "us6,us9",

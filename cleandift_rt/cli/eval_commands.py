@@ -63,6 +63,9 @@ def _check_eval_args(out, model, base, resolution, policy, device, timestep, tap
     )  # fmt: skip
     if artifact is not None and dift:
         raise CleanDIFTError("--artifact and --dift exclude each other")
+    if dift and any(v is not None for v in fusion.values()):
+        raise CleanDIFTError("the DIFT baseline takes one plain tap: no --fuse, --tap-weights or "
+                             "--fusion-alpha with --dift")  # fmt: skip
     check_output_file(out, "--out", (".json",))
 
 
