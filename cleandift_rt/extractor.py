@@ -122,6 +122,14 @@ class Features:
         device = next(iter(self.maps.values())).device if self.maps else "-"
         return f"Features({len(self)} image(s) on {device}; {maps})"
 
+    def select(self, index: int) -> Features:
+        """Image ``index`` alone, as a one-image Features (maps sliced, not copied)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        index %= len(self)
+        maps = {t: m[index : index + 1] for t, m in self.maps.items()}
+        return Features(maps, [self.transforms[index]], dict(self.strides))
+
     def grid(self, index: int, tap: str) -> PixelGrid:
         """The grid of image ``index``'s ORIGINAL pixels over the feature cells of ``tap``."""
         t = self.transforms[index]
@@ -411,15 +419,8 @@ class FeatureExtractor:
         if not flip_align:
             return self.match_features(self([source, target]), points, tap=tap, **opts)
         tgt = load_image(target)
-        mirrored = np.ascontiguousarray(tgt[:, ::-1])
-        feats = self([source, tgt, mirrored])
-        plain = self.match_features(feats, points, tap=tap, **opts)
-        flip = self.match_features(feats, points, target=2, tap=tap, **opts)
-        if float(np.mean(flip.scores)) <= float(np.mean(plain.scores)):
-            return dataclasses.replace(plain, flipped=False)
-        back = flip.target_points.copy()
-        back[:, 0] = tgt.shape[1] - 1 - back[:, 0]
-        return dataclasses.replace(flip, target_points=back, flipped=True)
+        feats = self([source, tgt, np.ascontiguousarray(tgt[:, ::-1])])
+        return self.match_features(feats, points, flipped=2, tap=tap, **opts)
 
     def match_features(
         self,
@@ -428,23 +429,81 @@ class FeatureExtractor:
         *,
         source: int = 0,
         target: int = 1,
+        flipped: int | None = None,
         tap: str | None = None,
         refine: str = "none",
         refine_window: int = DEFAULT_WINDOW,
         refine_temperature: float = DEFAULT_TEMPERATURE,
     ) -> MatchResult:
-        """``match`` on already extracted features (images ``source`` → ``target``)."""
+        """``match`` on already extracted features (images ``source`` → ``target``);
+        ``flipped``: the index of the target's horizontal mirror, for flip alignment."""
+        return self.match_pair(
+            features.select(source), features.select(target), points,
+            flipped=None if flipped is None else features.select(flipped), tap=tap,
+            refine=refine, refine_window=refine_window, refine_temperature=refine_temperature,
+        )  # fmt: skip
+
+    def match_pair(
+        self,
+        source: Features,
+        target: Features,
+        points: Any,
+        *,
+        flipped: Features | None = None,
+        tap: str | None = None,
+        refine: str = "none",
+        refine_window: int = DEFAULT_WINDOW,
+        refine_temperature: float = DEFAULT_TEMPERATURE,
+    ) -> MatchResult:
+        """``match`` between the first images of two Features extracted apart (the evaluators'
+        per-image cache; ``Features.select`` picks an image of a batch).
+
+        ``flipped``: the features of the target's horizontal mirror: flip alignment as in
+        ``match(flip_align=True)``: the points are matched against both, the one with the
+        higher mean best-match cosine is kept (the unflipped one on a tie), and coordinates
+        found in the mirror are mapped back to the target's pixels (``x' = W - 1 - x``).
+        """
         pts = point_array(points)
         tap = tap or self.taps[0]
-        if tap not in features.maps:
-            raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(features.maps)})")
-        fmap = features[tap]
-        src_map, tgt_map = self.pair_maps(fmap[source], fmap[target])
+        opts = {"refine": refine, "refine_window": refine_window}
+        opts["refine_temperature"] = refine_temperature
+        plain = self._match_one(source, target, pts, tap, **opts)
+        if flipped is None:
+            return plain
+        width = target.transforms[0].original_size[1]
+        if flipped.transforms[0].original_size != target.transforms[0].original_size:
+            raise MatchError(
+                f"the flipped target is {flipped.transforms[0].original_size} (H, W), the "
+                f"target {target.transforms[0].original_size}: not its mirror"
+            )
+        flip = self._match_one(source, flipped, pts, tap, **opts)
+        if float(np.mean(flip.scores)) <= float(np.mean(plain.scores)):
+            return dataclasses.replace(plain, flipped=False)
+        back = flip.target_points.copy()
+        back[:, 0] = width - 1 - back[:, 0]
+        return dataclasses.replace(flip, target_points=back, flipped=True)
+
+    def _match_one(
+        self,
+        source: Features,
+        target: Features,
+        pts: np.ndarray,
+        tap: str,
+        *,
+        refine: str,
+        refine_window: int,
+        refine_temperature: float,
+    ) -> MatchResult:
+        """Image 0 of ``source`` → image 0 of ``target``: the one matching path."""
+        for feats in (source, target):
+            if tap not in feats.maps:
+                raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(feats.maps)})")
+        src_map, tgt_map = self.pair_maps(source[tap][0], target[tap][0])
         queries = sample_descriptors(
-            src_map, torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
+            src_map, torch.as_tensor(pts, device=src_map.device), source.grid(0, tap)
         )
         coords, scores = cosine_argmax(
-            queries, tgt_map, grid=features.grid(target, tap), refine=refine,
+            queries, tgt_map, grid=target.grid(0, tap), refine=refine,
             refine_window=refine_window, refine_temperature=refine_temperature,
         )  # fmt: skip
         found = coords.cpu().numpy().astype(np.float64)
