@@ -45,6 +45,9 @@ class ArtifactMetadata:
     height/width: the fixed input size (px); batch: (min, max) batch size the artifact takes.
     hub_files: {repo, file, commit} of every Hugging Face Hub file the weights came from
     (commit: the resolved 40-hex revision sha), so a result names the exact weights.
+    fusion: what the one output ``fused`` of a fusing graph is made of
+    (``FeatureNet.fusion_info``: SD taps with channels, strides and weights; the DINOv2 branch,
+    its input size and alpha); {} for a graph whose outputs are plain taps.
     """
 
     format: str
@@ -63,6 +66,7 @@ class ArtifactMetadata:
     validation: dict[str, Any] = field(default_factory=dict)
     rebuild: str = ""  # the command that rebuilds this artifact
     hub_files: list[dict[str, str]] = field(default_factory=list)
+    fusion: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     input_name: str = INPUT_NAME
     input_layout: str = "NHWC"
@@ -115,6 +119,16 @@ def read_sidecar(artifact: str | Path) -> ArtifactMetadata:
         raise ArtifactError(f"bad metadata sidecar '{path}': {one_line(exc)}") from None
     if meta.format not in registry.names(exportable=True):
         raise ArtifactError(f"'{path}': unknown artifact format '{meta.format}'")
+    fused = meta.fusion
+    if fused and [(t.name, t.channels, t.stride) for t in meta.taps] != [
+        (fused.get("output"), fused.get("channels"), fused.get("stride"))
+    ]:
+        raise ArtifactError(
+            f"bad metadata sidecar '{path}': its fusion describes the output "
+            f"{fused.get('output')} ({fused.get('channels')} channels, stride "
+            f"{fused.get('stride')}), its taps are {', '.join(t.name for t in meta.taps)}"
+            + (f"; rebuild: {meta.rebuild}" if meta.rebuild else "")
+        )
     if meta.artifact != artifact.name:
         raise ArtifactError(
             f"sidecar '{path.name}' describes '{meta.artifact}', not '{artifact.name}'"

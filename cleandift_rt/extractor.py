@@ -122,6 +122,14 @@ class Features:
         device = next(iter(self.maps.values())).device if self.maps else "-"
         return f"Features({len(self)} image(s) on {device}; {maps})"
 
+    def select(self, index: int) -> Features:
+        """Image ``index`` alone, as a one-image Features (maps sliced, not copied)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        index %= len(self)
+        maps = {t: m[index : index + 1] for t, m in self.maps.items()}
+        return Features(maps, [self.transforms[index]], dict(self.strides))
+
     def grid(self, index: int, tap: str) -> PixelGrid:
         """The grid of image ``index``'s ORIGINAL pixels over the feature cells of ``tap``."""
         t = self.transforms[index]
@@ -137,7 +145,8 @@ class MatchResult:
     pixel, unless refined to sub-pixel positions); scores (N,) float32 cosine similarity in
     [-1, 1] at the best integer pixel. refine: the refinement used. flipped: with flip alignment,
     whether the horizontally flipped target matched better (target_points are in the
-    unflipped target's pixels either way); None without flip alignment.
+    unflipped target's pixels either way); None without flip alignment. pca_dim: D when the
+    maps were reduced by a PCA fitted on the pair (``fuse="pca:D"``), else None.
     """
 
     source_points: np.ndarray
@@ -146,9 +155,12 @@ class MatchResult:
     tap: str
     refine: str = "none"
     flipped: bool | None = None
+    pca_dim: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {} if self.flipped is None else {"flipped": self.flipped}
+        if self.pca_dim is not None:
+            extra["pca_dim"] = self.pca_dim
         return {
             "tap": self.tap,
             "refine": self.refine,
@@ -173,6 +185,10 @@ class FeatureExtractor:
         hub_files: {repo, file, commit} of the hub files the weights came from.
         prompt_encoder: prompt → context (1, L, D); enables ``set_prompt`` on runners whose
             network holds its context (the PyTorch ones).
+        fusion: what a fused output is made of (``FeatureNet.fusion_info``, an artifact
+            sidecar's ``fusion``), {} for plain taps.
+        pca_dim: reduce the maps of every matched pair to this many channels with a PCA fitted
+            on the pair (``--fuse pca:D``; ``matching.pca``), or None.
     """
 
     def __init__(
@@ -186,6 +202,8 @@ class FeatureExtractor:
         resize_filter: str = "area",
         hub_files: Sequence[dict[str, str]] = (),
         prompt_encoder: Any = None,
+        fusion: dict[str, Any] | None = None,
+        pca_dim: int | None = None,
     ):
         from .imaging import check_resize_filter
 
@@ -201,6 +219,10 @@ class FeatureExtractor:
         self.prompt_encoder = prompt_encoder
         self.prompt = ""
         self._contexts: dict[str, torch.Tensor] = {}
+        self.fusion = dict(fusion or {})
+        if pca_dim is not None and int(pca_dim) < 1:
+            raise CleanDIFTError(f"pca_dim must be >= 1, got {pca_dim}")
+        self.pca_dim = None if pca_dim is None else int(pca_dim)
 
     @classmethod
     def from_pretrained(
@@ -218,12 +240,21 @@ class FeatureExtractor:
         prompt: str = "",
         compile: str | None = None,
         resize_filter: str = "area",
+        fuse: str | None = None,
+        tap_weights: str | Sequence[float] | None = None,
+        fusion_alpha: float | None = None,
     ) -> FeatureExtractor:
-        """Load ``model`` (preset, folder, hub id or safetensors file; see ``load_model``) and
-        build its FeatureNet for ``taps``. ``base``: a local diffusers folder or hub id that
-        replaces the base of a hub preset, or the base of a .safetensors file. ``compile``: a
-        torch.compile mode for the PyTorch backend (see ``TorchRunner``). Exported artifacts
-        load with ``load_runtime``."""
+        """Load ``model`` (preset, folder, hub id or safetensors file, optionally
+        ``+<dinov2>``; see ``load_model``) and build its FeatureNet for ``taps``. ``base``: a
+        local diffusers folder or hub id that replaces the base of a hub preset, or the base of
+        a .safetensors file. ``compile``: a torch.compile mode for the PyTorch backend (see
+        ``TorchRunner``). Exported artifacts load with ``load_runtime``.
+
+        Fusion (one output ``fused``; see ``cleandift_rt.fusion``): ``fuse`` ``"concat"`` or
+        ``"pca:D"`` fuses two or more taps with ``tap_weights`` (one per tap, default equal);
+        an ``<sd>+<dinov2>`` model fuses the SD map with DINOv2's, the SD share being
+        ``fusion_alpha`` (default 0.5). With ``pca:D``, ``match`` reduces each pair's maps to D
+        channels with a PCA fitted on the pair."""
         from .backends import registry
         from .models import load_model
 
@@ -232,14 +263,18 @@ class FeatureExtractor:
                 f"backend '{backend}' runs exported artifacts: export the model, then load it "
                 "with cleandift_rt.load_runtime(path)"
             )
+        from .fusion import make_fusion, split_model_name
         from .validation import check_timestep, split_taps
 
-        split_taps(taps, "taps")  # names only: the model checks it has them
+        names = split_taps(taps, "taps")  # names only: the model checks it has them
+        fusion = make_fusion(names, fuse=fuse, tap_weights=tap_weights, alpha=fusion_alpha,
+                             dino=split_model_name(str(model))[1])  # fmt: skip
         timestep = check_timestep(timestep)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         loaded = load_model(model, base=base, timestep=timestep, prompt=prompt).to(dev, dt)
-        runner = TorchRunner(loaded.feature_net(taps), compile=compile)
+        net = loaded.feature_net(names, fusion)
+        runner = TorchRunner(net, compile=compile)
         extractor = cls(
             runner,
             resolution=resolution if resolution is not None else loaded.resolution,
@@ -249,6 +284,8 @@ class FeatureExtractor:
             resize_filter=resize_filter,
             hub_files=loaded.hub_files,
             prompt_encoder=loaded.prompt_encoder,
+            fusion=net.fusion_info(),
+            pca_dim=fusion.pca_dim if fusion is not None else None,
         )
         extractor.prompt = prompt
         return extractor
@@ -382,15 +419,8 @@ class FeatureExtractor:
         if not flip_align:
             return self.match_features(self([source, target]), points, tap=tap, **opts)
         tgt = load_image(target)
-        mirrored = np.ascontiguousarray(tgt[:, ::-1])
-        feats = self([source, tgt, mirrored])
-        plain = self.match_features(feats, points, tap=tap, **opts)
-        flip = self.match_features(feats, points, target=2, tap=tap, **opts)
-        if float(np.mean(flip.scores)) <= float(np.mean(plain.scores)):
-            return dataclasses.replace(plain, flipped=False)
-        back = flip.target_points.copy()
-        back[:, 0] = tgt.shape[1] - 1 - back[:, 0]
-        return dataclasses.replace(flip, target_points=back, flipped=True)
+        feats = self([source, tgt, np.ascontiguousarray(tgt[:, ::-1])])
+        return self.match_features(feats, points, flipped=2, tap=tap, **opts)
 
     def match_features(
         self,
@@ -399,23 +429,93 @@ class FeatureExtractor:
         *,
         source: int = 0,
         target: int = 1,
+        flipped: int | None = None,
         tap: str | None = None,
         refine: str = "none",
         refine_window: int = DEFAULT_WINDOW,
         refine_temperature: float = DEFAULT_TEMPERATURE,
     ) -> MatchResult:
-        """``match`` on already extracted features (images ``source`` → ``target``)."""
+        """``match`` on already extracted features (images ``source`` → ``target``);
+        ``flipped``: the index of the target's horizontal mirror, for flip alignment."""
+        return self.match_pair(
+            features.select(source), features.select(target), points,
+            flipped=None if flipped is None else features.select(flipped), tap=tap,
+            refine=refine, refine_window=refine_window, refine_temperature=refine_temperature,
+        )  # fmt: skip
+
+    def match_pair(
+        self,
+        source: Features,
+        target: Features,
+        points: Any,
+        *,
+        flipped: Features | None = None,
+        tap: str | None = None,
+        refine: str = "none",
+        refine_window: int = DEFAULT_WINDOW,
+        refine_temperature: float = DEFAULT_TEMPERATURE,
+    ) -> MatchResult:
+        """``match`` between the first images of two Features extracted apart (the evaluators'
+        per-image cache; ``Features.select`` picks an image of a batch).
+
+        ``flipped``: the features of the target's horizontal mirror: flip alignment as in
+        ``match(flip_align=True)``: the points are matched against both, the one with the
+        higher mean best-match cosine is kept (the unflipped one on a tie), and coordinates
+        found in the mirror are mapped back to the target's pixels (``x' = W - 1 - x``).
+        """
         pts = point_array(points)
         tap = tap or self.taps[0]
-        if tap not in features.maps:
-            raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(features.maps)})")
-        fmap = features[tap]
+        opts = {"refine": refine, "refine_window": refine_window}
+        opts["refine_temperature"] = refine_temperature
+        plain = self._match_one(source, target, pts, tap, **opts)
+        if flipped is None:
+            return plain
+        width = target.transforms[0].original_size[1]
+        if flipped.transforms[0].original_size != target.transforms[0].original_size:
+            raise MatchError(
+                f"the flipped target is {flipped.transforms[0].original_size} (H, W), the "
+                f"target {target.transforms[0].original_size}: not its mirror"
+            )
+        flip = self._match_one(source, flipped, pts, tap, **opts)
+        if float(np.mean(flip.scores)) <= float(np.mean(plain.scores)):
+            return dataclasses.replace(plain, flipped=False)
+        back = flip.target_points.copy()
+        back[:, 0] = width - 1 - back[:, 0]
+        return dataclasses.replace(flip, target_points=back, flipped=True)
+
+    def _match_one(
+        self,
+        source: Features,
+        target: Features,
+        pts: np.ndarray,
+        tap: str,
+        *,
+        refine: str,
+        refine_window: int,
+        refine_temperature: float,
+    ) -> MatchResult:
+        """Image 0 of ``source`` → image 0 of ``target``: the one matching path."""
+        for feats in (source, target):
+            if tap not in feats.maps:
+                raise MatchError(f"tap '{tap}' was not extracted (have: {', '.join(feats.maps)})")
+        src_map, tgt_map = self.pair_maps(source[tap][0], target[tap][0])
         queries = sample_descriptors(
-            fmap[source], torch.as_tensor(pts, device=fmap.device), features.grid(source, tap)
+            src_map, torch.as_tensor(pts, device=src_map.device), source.grid(0, tap)
         )
         coords, scores = cosine_argmax(
-            queries, fmap[target], grid=features.grid(target, tap), refine=refine,
+            queries, tgt_map, grid=target.grid(0, tap), refine=refine,
             refine_window=refine_window, refine_temperature=refine_temperature,
         )  # fmt: skip
         found = coords.cpu().numpy().astype(np.float64)
-        return MatchResult(pts, found, scores.cpu().numpy(), tap, refine)
+        return MatchResult(pts, found, scores.cpu().numpy(), tap, refine, pca_dim=self.pca_dim)
+
+    def pair_maps(
+        self, source: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps (C, h, w) of a pair as matched: as they are, or with ``pca_dim`` both
+        projected on the PCA of their cells together (D, h, w)."""
+        if self.pca_dim is None:
+            return source, target
+        from .matching.pca import pca_pair
+
+        return pca_pair(source, target, self.pca_dim)

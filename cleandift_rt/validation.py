@@ -32,6 +32,7 @@ EXTRAS = {
     "onnx": (("onnx", "onnxruntime"), "ONNX export and the onnxruntime backend"),
     "trt": (("tensorrt",), "TensorRT engines"),
     "demo": (("skimage",), "scikit-image's sample photos"),
+    "dino": (("transformers",), "DINOv2 fusion (an <sd>+<dinov2> model)"),
 }
 
 
@@ -122,7 +123,17 @@ def check_device(device: str | None) -> None:
 
 def check_model_name(model: str, option: str = "--model") -> None:
     """A model the loaders can take: a preset, random:sd21/sd15, an existing folder or
-    .safetensors file, or a hub id ``org/name``. Anything else is refused before loading."""
+    .safetensors file, or a hub id ``org/name``; or ``<that>+<dinov2>`` (SD + DINOv2 fusion:
+    a DINOv2 preset, folder or hub id, and transformers installed). Anything else is refused
+    before loading."""
+    from .fusion import split_model_name
+
+    sd, dino = split_model_name(model)
+    if dino is not None:
+        check_model_name(sd, option)
+        check_dino_name(dino, option)
+        require_extra("dino", f"{option} '{model}' (DINOv2 fusion)")
+        return
     if model in _preset_names() or model in RANDOM_ARCHITECTURES:
         return
     path = Path(model).expanduser()
@@ -148,6 +159,24 @@ def check_model_name(model: str, option: str = "--model") -> None:
     raise CleanDIFTError(
         f"unknown {option} '{model}': not a preset ({presets}), an existing folder or "
         ".safetensors file, or a hub id org/name"
+    )
+
+
+def check_dino_name(dino: str, option: str = "--model") -> None:
+    """The DINOv2 part of ``<sd>+<dinov2>``: a preset (dinov2-s/b/l/g, dinov2-tiny), an existing
+    folder (config.json, model.safetensors) or a hub id ``org/name``."""
+    from .models.presets import DINO_PRESETS  # a plain table: no torch
+
+    if dino in DINO_PRESETS or HUB_ID.fullmatch(dino):
+        return
+    path = Path(dino).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CleanDIFTError(f"{option}: DINOv2 folder '{dino}' has no config.json")
+        return
+    raise CleanDIFTError(
+        f"unknown DINOv2 model '{dino}' in {option} (valid: {', '.join(DINO_PRESETS)}, a folder "
+        "or a hub id such as facebook/dinov2-base)"
     )
 
 

@@ -59,6 +59,10 @@ class ExportOptions:
     opt_level: int | None = None  # TensorRT builder optimisation level (0-5, default 3)
     timing_cache: str | None = None  # TensorRT timing cache file (read and updated)
     validate: bool = True
+    # fusion in the graph (cleandift_rt.fusion): "concat" fuses the taps into one output
+    fuse: str | None = None
+    tap_weights: tuple[float, ...] | None = None  # one per tap; None: equal
+    fusion_alpha: float | None = None  # SD share of an <sd>+<dinov2> model; None: 0.5
 
     @property
     def batch_range(self) -> tuple[int, int]:
@@ -88,11 +92,31 @@ class ExportOptions:
             raise ExportError(f"--opt-level must be 0..5, got {self.opt_level}")
         if self.workspace_gib is not None and self.workspace_gib <= 0:
             raise ExportError(f"--workspace must be positive (GiB), got {self.workspace_gib}")
+        self.fusion()  # options that do not fit together
+
+    def fusion(self):
+        """The graph's ``Fusion`` (None for plain taps); ExportError (one line) for ``pca:D``,
+        which is applied after the graph, and for options that do not fit together."""
+        from cleandift_rt.fusion import make_fusion, parse_fuse, split_model_name
+
+        try:
+            if parse_fuse(self.fuse)[1] is not None:
+                raise CleanDIFTError(
+                    f"--fuse {self.fuse} is applied after the graph: export with --fuse concat "
+                    f"and match the artifact with --fuse {self.fuse}"
+                )
+            dino = split_model_name(self.model)[1]
+            return make_fusion(tuple(self.taps), fuse=self.fuse, tap_weights=self.tap_weights,
+                               alpha=self.fusion_alpha, dino=dino)  # fmt: skip
+        except CleanDIFTError as exc:
+            raise ExportError(str(exc)) from None
 
     def file_name(self, model_name: str) -> str:
         lo, hi = self.batch_range
         batch = f"b{lo}" if lo == hi else f"b{lo}-{hi}"
-        stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}-{self.height}x{self.width}-{batch}"
+        fused = "-fused" if self.fusion() is not None else ""
+        stem = f"{Path(model_name).stem}-{'-'.join(self.taps)}{fused}-{self.height}x{self.width}"
+        stem = f"{stem}-{batch}"
         return f"{stem}-{self.precision}{registry.get(self.format).suffix}"
 
     def command(self) -> str:
@@ -105,6 +129,12 @@ class ExportOptions:
             args += ["--max-batch", str(self.max_batch)]
         if self.base:
             args += ["--base", self.base]
+        if self.fuse:
+            args += ["--fuse", self.fuse]
+        if self.tap_weights is not None:
+            args += ["--tap-weights", ",".join(f"{w:g}" for w in self.tap_weights)]
+        if self.fusion_alpha is not None:
+            args += ["--fusion-alpha", f"{self.fusion_alpha:g}"]
         for option in registry.get(self.format).export_options:
             value = getattr(self, option)
             if value is not None:
@@ -146,9 +176,10 @@ def export_model(
 
     t = time.perf_counter()
     loaded = load_model(options.model, base=options.base).to(device, torch.float32)
-    net = loaded.feature_net(options.taps)
-    options.taps = net.taps
-    stage(f"loaded {loaded.name}: taps {', '.join(net.taps)}", t)
+    net = loaded.feature_net(options.taps, options.fusion())
+    options.taps = net.sd_taps
+    fused = f" fused into {net.taps[0]}" if net.fusion is not None else ""
+    stage(f"loaded {loaded.name}: taps {', '.join(net.sd_taps)}{fused}", t)
 
     t = time.perf_counter()
     images = validation_images(options.height, options.width, count=max(2, options.batch))
@@ -163,7 +194,7 @@ def export_model(
         model=loaded.name,
         weights_sha256=weights_sha256(net),
         timestep=float(net.timestep),
-        taps=[TapOutput(s.name, s.channels, s.stride) for s in net.unet.specs],
+        taps=[TapOutput(o.name, o.channels, o.stride) for o in net.outputs],
         height=options.height,
         width=options.width,
         batch=options.batch_range,
@@ -172,6 +203,7 @@ def export_model(
         build={"opset": options.opset, "device": str(device)},
         rebuild=options.command(),
         hub_files=loaded.hub_files,
+        fusion=net.fusion_info(options.height, options.width),
     )
 
     out = Path(options.out)

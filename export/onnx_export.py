@@ -25,10 +25,10 @@ FOLD_SIZE_LIMIT = 2**20  # bytes: polygraphy folds no tensor larger than this (1
 def output_shapes(
     net: FeatureNet, height: int, width: int, batch: tuple[int, int]
 ) -> dict[str, list[int | str]]:
-    """{tap: [B, C, height/stride, width/stride]} with B = ``BATCH_AXIS`` for a dynamic batch
+    """{output: [B, C, height/stride, width/stride]} with B = ``BATCH_AXIS`` for a dynamic batch
     (batch[0] != batch[1]), else the fixed batch size."""
     b: int | str = BATCH_AXIS if batch[0] != batch[1] else batch[0]
-    return {s.name: [b, s.channels, height // s.stride, width // s.stride] for s in net.unet.specs}
+    return {o.name: [b, o.channels, height // o.stride, width // o.stride] for o in net.outputs}
 
 
 def declare_output_shapes(model, shapes: dict[str, list[int | str]]) -> None:

@@ -311,3 +311,128 @@ def test_cli_eval_bad_input_exits_2_with_one_line(args, spair_root, tmp_path, ca
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
     assert out == ""
+
+
+# ------------------------------------------------------- refinement and flip alignment in eval
+
+
+@pytest.fixture
+def match_spy(monkeypatch):
+    """Every ``ExtractorPredictor.match`` call of a run: (source, target, points, result)."""
+    from cleandift_rt.evaluation import ExtractorPredictor
+
+    calls = []
+    original = ExtractorPredictor.match
+
+    def spy(self, source, target, points, *args, **kwargs):
+        result = original(self, source, target, points, *args, **kwargs)
+        calls.append((source, target, np.array(points), result))
+        return result
+
+    monkeypatch.setattr(ExtractorPredictor, "match", spy)
+    return calls
+
+
+def test_cli_eval_homography_refines_and_flip_aligns_as_match_does(match_spy, capsys):
+    """`eval homography --refine quadratic --flip-align`: the options are recorded, the flipped
+    pairs counted, and every pair's prediction is what ``FeatureExtractor.match`` returns with
+    the same options (it extracts the pair in one batch, the evaluator one image at a time:
+    equal to float rounding)."""
+    from cleandift_rt import FeatureExtractor
+
+    args = ["eval", "homography", "--model", "tiny", "--resolution", 64, "--device", "cpu",
+            "--photos", "chelsea", "--pairs-per-image", 2, "--grid", 3, "--refine", "quadratic",
+            "--flip-align", "--json"]  # fmt: skip
+    code, out, err = call_main(args, capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["matching"] == {
+        "refine": "quadratic", "refine_window": 4, "refine_temperature": 0.01, "flip_align": True,
+    }  # fmt: skip
+    assert len(match_spy) == payload["overall"]["pairs"] == 2
+    flips = [result.flipped for *_, result in match_spy]
+    assert payload["overall"]["flipped_pairs"] == sum(flips) >= 1  # the flip branch ran
+    assert payload["groups"]["chelsea"]["flipped_pairs"] == sum(flips)
+
+    fx = FeatureExtractor.from_pretrained("tiny", ("us6",), device="cpu", resolution=64)
+    refined = False
+    for source, target, points, result in match_spy:
+        want = fx.match(source, target, points, refine="quadratic", flip_align=True)
+        assert result.flipped == want.flipped and result.refine == "quadratic"
+        np.testing.assert_allclose(result.target_points, want.target_points, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(result.scores, want.scores, rtol=0, atol=1e-5)
+        refined |= bool((want.target_points != np.round(want.target_points)).any())
+    assert refined  # sub-pixel positions, not integer pixels
+
+
+@pytest.fixture(scope="module")
+def mirrored_spair(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A SPair-format folder of two pairs: "cat", a photo and its horizontal mirror (keypoints
+    at x' = W - 1 - x); "dog", a photo and an identical copy. Returns (root, source points,
+    photo size (H, W))."""
+    root = tmp_path_factory.mktemp("SPair-mirror")
+    photo = cv2.resize(load_photos(["chelsea"])[0][1], (96, 64), interpolation=cv2.INTER_AREA)
+    h, w = photo.shape[:2]
+    src = np.array([[20, 16], [40, 30], [71, 44], [57, 20]])  # inside: no edge-clamped ties
+    mirrored = np.c_[w - 1 - src[:, 0], src[:, 1]]
+    for i, (cat, target, trg_kps) in enumerate(
+        (("cat", cv2.flip(photo, 1), mirrored), ("dog", photo.copy(), src))
+    ):
+        folder = root / "JPEGImages" / cat
+        folder.mkdir(parents=True)
+        names = [f"{i:04d}_src.jpg", f"{i:04d}_trg.jpg"]
+        Image.fromarray(photo).save(folder / names[0], format="PNG")
+        Image.fromarray(target).save(folder / names[1], format="PNG")
+        pair = {
+            "category": cat, "src_imname": names[0], "trg_imname": names[1],
+            "src_imsize": [w, h, 3], "trg_imsize": [w, h, 3], "src_kps": src.tolist(),
+            "trg_kps": trg_kps.tolist(), "src_bndbox": [0, 0, w - 1, h - 1],
+            "trg_bndbox": [0, 0, w - 1, h - 1],
+        }  # fmt: skip
+        annotations = root / "PairAnnotation" / "test"
+        annotations.mkdir(parents=True, exist_ok=True)
+        (annotations / f"{i:06d}-{cat}.json").write_text(json.dumps(pair))
+    return root, src.astype(np.float64), np.array([h, w])
+
+
+def test_cli_eval_spair_flip_align_scores_in_the_original_targets_pixels(
+    mirrored_spair, monkeypatch, capsys
+):
+    """On a mirrored target `--flip-align` uses the flip, reports it, and PCK sees the points
+    mapped back to the target as given: the source point (x, y) lands at (W - 1 - x, y), its
+    annotated keypoint, so every point is exact. The identical pair keeps the unflipped target;
+    without `--flip-align` the mirrored pair's points are wrong."""
+    import cleandift_rt.evaluation.spair as spair
+
+    root, src, (h, w) = mirrored_spair
+    scored = []  # (predicted, truth) as PCK receives them, per pair
+
+    def recording(predicted, truth):
+        scored.append((np.array(predicted), np.array(truth)))
+        return end_point_errors(predicted, truth)
+
+    monkeypatch.setattr(spair, "end_point_errors", recording)
+    args = ["eval", "spair", "--root", root, "--model", "tiny", "--resolution", 128,
+            "--device", "cpu", "--json"]  # fmt: skip
+    code, out, err = call_main([*args, "--flip-align"], capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["matching"]["flip_align"] is True and payload["matching"]["refine"] == "none"
+    assert payload["overall"]["flipped_pairs"] == 1
+    assert payload["groups"]["cat"]["flipped_pairs"] == 1
+    assert payload["groups"]["dog"]["flipped_pairs"] == 0
+    (cat_pred, cat_truth), (dog_pred, dog_truth) = scored
+    np.testing.assert_array_equal(cat_truth[1], [w - 1 - 40, 30])  # the annotated keypoint
+    np.testing.assert_array_equal(cat_pred[1], [w - 1 - src[1, 0], src[1, 1]])  # (55, 30)
+    np.testing.assert_array_equal(cat_pred, cat_truth)
+    np.testing.assert_array_equal(dog_pred, dog_truth)
+    assert payload["overall"]["per_point"] == {"bbox@0.1": 1.0, "img@0.1": 1.0}
+    assert payload["overall"]["mean_epe_px"] == 0.0
+
+    scored.clear()
+    code, out, err = call_main(args, capsys)
+    assert code == 0, err
+    plain = json.loads(out)
+    assert "flipped_pairs" not in plain["overall"] and plain["matching"]["flip_align"] is False
+    assert plain["groups"]["cat"]["mean_epe_px"] > 10
+    np.testing.assert_array_equal(scored[1][0], dog_pred)  # the identical pair: unchanged

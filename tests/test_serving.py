@@ -305,6 +305,13 @@ def test_a_model_that_cannot_load_fails_start_in_one_line(server, tmp_path):
         (["--artifact", "missing.onnx"], "missing.onnx"),
         (["--artifact", "a.onnx", "--model", "tiny"], "one of --model and --artifact"),
         (["--model", "tiny", "--taps", ""], "--taps"),
+        (
+            ["--model", "tiny", "--taps", "us6,us9", "--fuse", "concat", "--tap-weights", "1"],
+            "one per tap",
+        ),
+        (["--model", "tiny", "--fuse", "concat"], "two or more taps"),
+        (["--model", "tiny+dinov3"], "unknown DINOv2"),
+        (["--model", "tiny+dinov2-tiny", "--fusion-alpha", "2"], "[0, 1]"),
     ],
 )
 def test_serve_command_refuses_bad_options_before_ray(args, word, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -29,8 +30,46 @@ def emit(payload: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(payload, indent=2) if as_json else text)
 
 
+FUSION_OPTIONS = ("fuse", "tap_weights", "fusion_alpha")
+
+
+def fusion_options(fn):
+    """``--fuse``, ``--tap-weights``, ``--fusion-alpha``, handed to the command as one keyword
+    ``fusion`` = {fuse, tap_weights, fusion_alpha} (raw values, None when not given; checked by
+    ``check_model_options``, then passed on as ``build_extractor(**fusion)``)."""
+    options = [
+        click.option(
+            "--fuse",
+            default=None,
+            help="Fuse the --taps into one map 'fused': concat (each tap resampled to the finest "
+            "one's grid, L2-normalised, weighted, concatenated) or pca:D (the same, then a PCA "
+            "to D channels fitted on the images being matched).",
+        ),
+        click.option(
+            "--tap-weights",
+            default=None,
+            help="With --fuse: one weight per tap, e.g. 1,1,0.5 (default: equal).",
+        ),
+        click.option(
+            "--fusion-alpha",
+            default=None,
+            help="SD + DINOv2 models (--model sd21+dinov2-b): the SD share α in "
+            "concat(α·SD, (1−α)·DINOv2), in [0, 1] (default 0.5).",
+        ),
+    ]
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        kwargs["fusion"] = {name: kwargs.pop(name) for name in FUSION_OPTIONS}
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        run = option(run)
+    return run
+
+
 def model_options(taps_option: bool):
-    """Options shared by the commands that load a model."""
+    """Options shared by the commands that load a model (and ``fusion_options``)."""
 
     def wrap(fn):
         options = [
@@ -39,8 +78,8 @@ def model_options(taps_option: bool):
                 default="toy",
                 show_default=True,
                 help="Preset (sd21, sd15, sd21-base, sd15-base, toy, toy-base, tiny), "
-                "diffusers folder, "
-                "hub id or CleanDIFT .safetensors file.",
+                "diffusers folder, hub id or CleanDIFT .safetensors file; MODEL+DINOV2 "
+                "(e.g. sd21+dinov2-b, toy+dinov2-tiny) fuses it with a DINOv2 model.",
             ),
             click.option(
                 "--base",
@@ -92,12 +131,15 @@ def model_options(taps_option: bool):
             options.append(
                 click.option(
                     "--tap",
+                    "--taps",
                     "taps",
                     default="us6",
                     show_default=True,
-                    help="Tap to match with: mid, us1..us12, up0..up3.",
+                    help="Tap to match with: mid, us1..us12, up0..up3 (several, comma-"
+                    "separated, with --fuse).",
                 )
             )
+        fn = fusion_options(fn)
         for option in reversed(options):
             fn = option(fn)
         return fn
@@ -114,17 +156,28 @@ def check_model_options(
     timestep: float | None = None,
     taps: str | None = None,
     single_tap: bool = False,
-) -> None:
+    fusion: dict | None = None,
+):
     """Every model option checked from the arguments alone, before anything heavy is imported
-    (a bad name, size, timestep or tap list answers in a fraction of a second)."""
+    (a bad name, size, timestep, tap list or fusion option answers in a fraction of a second).
+    ``fusion``: the raw ``fusion_options``; ``model`` None: an exported artifact runs, whose
+    fusion is baked in. Returns the ``cleandift_rt.fusion.Fusion`` (None: plain taps)."""
     if model is not None:
         check_model_name(model)
     check_base_name(base)
     check_resolution(resolution, policy)
     check_device(device)
     check_timestep(timestep, "--timestep")
+    fusion = fusion or {}
     if taps is not None:
-        (check_single_tap if single_tap else split_taps)(taps)
+        several = fusion.get("fuse") is not None
+        names = (check_single_tap if single_tap and not several else split_taps)(taps)
+        names = (names,) if isinstance(names, str) else names
+    else:
+        names = ("us6",)
+    from ..fusion import fusion_for
+
+    return fusion_for(model, names, **fusion)
 
 
 def output_parent(path: str) -> None:
@@ -253,13 +306,16 @@ def refine_options(refine: str, window: str, temperature: str) -> dict:
     return {"refine": refine, "refine_window": win, "refine_temperature": temp}
 
 
-def refine_cli_options(fn):
+def refine_cli_options(fn=None, *, default: str = "none"):
     """``--refine``, ``--refine-window``, ``--refine-temperature`` (parsed by
-    ``refine_options``), shared by `match` and `track`."""
+    ``refine_options``), shared by `match` (``@refine_cli_options``: default none) and `track`
+    (``@refine_cli_options(default="quadratic")``: it lowers tracking jitter, TRACKING.md)."""
+    if fn is None:
+        return lambda f: refine_cli_options(f, default=default)
     options = [
         click.option(
             "--refine",
-            default="none",
+            default=default,
             show_default=True,
             help="Sub-pixel refinement: none, softargmax (softmax of the exact upsampled cosine "
             "over a window around the argmax) or quadratic (3×3 parabola).",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from ..errors import CleanDIFTError
@@ -14,9 +16,13 @@ from .common import (
     float_list,
     model_options,
     output_parent,
+    refine_cli_options,
+    refine_options,
     tap_to_use,
     write_report,
 )
+
+MATCHING_OPTIONS = ("refine", "refine_window", "refine_temperature", "flip_align")
 
 
 @click.group("eval")
@@ -24,10 +30,32 @@ def eval_group():
     """Correspondence accuracy: SPair-71k (DIFT protocol) and an offline homography benchmark."""
 
 
+def matching_options(fn):
+    """``--refine``, ``--refine-window``, ``--refine-temperature`` (``refine_cli_options``, as
+    `match` has them) and ``--flip-align``, handed to the command as one keyword ``matching``
+    (raw values; ``_check_eval_args`` turns them into ``FeatureExtractor.match`` keywords)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        kwargs["matching"] = {name: kwargs.pop(name) for name in MATCHING_OPTIONS}
+        return fn(*args, **kwargs)
+
+    run = click.option(
+        "--flip-align",
+        is_flag=True,
+        help="Also match each pair against the horizontally flipped target and keep the better "
+        "(mean best-match cosine), as `match --flip-align`; points found in the flip are mapped "
+        "back to the target's pixels before scoring. The JSON counts the flipped pairs.",
+    )(run)
+    return refine_cli_options(run)
+
+
 def eval_options(fn):
-    """Options of every `eval` subcommand: the model (or artifact, or DIFT baseline) and output."""
+    """Options of every `eval` subcommand: the model (or artifact, or DIFT baseline), the
+    matching options and output."""
     options = [
         model_options(taps_option=False),
+        matching_options,
         click.option(
             "--artifact",
             default=None,
@@ -55,14 +83,23 @@ def eval_options(fn):
 
 
 def _check_eval_args(out, model, base, resolution, policy, device, timestep, taps, artifact,
-                     dift, **_) -> None:  # fmt: skip
-    """Every argument of an `eval` command checked before anything heavy is imported."""
-    check_model_options(
-        None if artifact else model, base, resolution, policy, device, timestep, taps, True
+                     dift, fusion, matching, **_) -> dict:  # fmt: skip
+    """Every argument of an `eval` command checked before anything heavy is imported; returns
+    the matching options as ``FeatureExtractor.match`` keywords (refine…, flip_align)."""
+    opts = refine_options(
+        matching["refine"], matching["refine_window"], matching["refine_temperature"]
     )
+    check_model_options(
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True,
+        fusion,
+    )  # fmt: skip
     if artifact is not None and dift:
         raise CleanDIFTError("--artifact and --dift exclude each other")
+    if dift and any(v is not None for v in fusion.values()):
+        raise CleanDIFTError("the DIFT baseline takes one plain tap: no --fuse, --tap-weights or "
+                             "--fusion-alpha with --dift")  # fmt: skip
     check_output_file(out, "--out", (".json",))
+    return {**opts, "flip_align": bool(matching["flip_align"])}
 
 
 def _eval_predictor(
@@ -78,6 +115,8 @@ def _eval_predictor(
     dift,
     dift_t,
     dift_ensemble,
+    fusion,
+    matching,
     resize_filter="area",
 ):
     from ..evaluation import ExtractorPredictor
@@ -87,14 +126,15 @@ def _eval_predictor(
     from ..runtime import build_extractor
 
     fx = build_extractor(
-        model, [taps], artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
+        model, taps, artifact=artifact, dift=dift, t=dift_t, ensemble=dift_ensemble, base=base,
         resolution=resolution, policy=policy, device=device, dtype=dtype, timestep=timestep,
-        resize_filter=resize_filter,
+        resize_filter=resize_filter, **fusion,
     )  # fmt: skip
-    return fx, ExtractorPredictor(fx, tap_to_use(fx, taps))
+    return fx, ExtractorPredictor(fx, tap_to_use(fx, taps), **matching)
 
 
-def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, group: str):
+def _eval_output(summary: dict, fx, predict, dift: bool, out, as_json: bool, title: str,
+                 group: str):  # fmt: skip
     from ..evaluation import format_summary
 
     summary["model"] = fx.model_name
@@ -102,6 +142,12 @@ def _eval_output(summary: dict, fx, dift: bool, out, as_json: bool, title: str, 
     summary["dift_baseline"] = dift
     summary["resize_filter"] = fx.resize_filter
     summary["hub_files"] = fx.hub_files
+    summary["matching"] = predict.options  # refine, refine_window, refine_temperature, flip_align
+    how = [f"refine {predict.refine}"] if predict.refine != "none" else []
+    if predict.flip_align:
+        flipped, pairs = summary["overall"]["flipped_pairs"], summary["overall"]["pairs"]
+        how.append(f"flip-align: {flipped} of {pairs} pairs flipped")
+    title += f" [{', '.join(how)}]" if how else ""
     text = f"{title}: {fx.description or fx.model_name}\n" + format_summary(summary, group)
     if out is not None:
         output_parent(out)
@@ -162,7 +208,7 @@ def eval_spair(
     **model_args,
 ):
     """SPair-71k PCK (bbox and image; per category, per point and per image), DIFT protocol."""
-    _check_eval_args(out, **model_args)
+    model_args["matching"] = _check_eval_args(out, **model_args)
     cats = [c for c in categories.split(",") if c] if categories else None
     thresholds = float_list(alphas, "--alpha")
     dift = model_args["dift"]
@@ -185,10 +231,12 @@ def eval_spair(
             )
         template = ""  # the --dift default, on a model without a text encoder
     summary = evaluate_spair(
-        root, predict, split, cats, max_pairs, thresholds, progress=not as_json,
+        root, predict.match, split, cats, max_pairs, thresholds, progress=not as_json,
         prompt_template=template or None,
     )  # fmt: skip
-    _eval_output(summary, fx, model_args["dift"], out, as_json, f"SPair-71k {split}", "category")
+    _eval_output(
+        summary, fx, predict, model_args["dift"], out, as_json, f"SPair-71k {split}", "category"
+    )
 
 
 @eval_group.command("homography")
@@ -245,15 +293,14 @@ def eval_homography(
     **model_args,
 ):
     """PCK and end-point error on photos warped by seeded random homographies (no download)."""
-    _check_eval_args(out, **model_args)
+    model_args["matching"] = _check_eval_args(out, **model_args)
     alphas = float_list(thresholds, "--thresholds")
     from ..evaluation.homography import evaluate_homography, load_photos, make_pairs
 
     pictures = load_photos([p for p in photos.split(",") if p], images)
     pairs = make_pairs(pictures, pairs_per_image, kind, seed, grid, strength)
     fx, predict = _eval_predictor(**model_args)
-    summary = evaluate_homography(predict, pairs, alphas, progress=not as_json)
+    summary = evaluate_homography(predict.match, pairs, alphas, progress=not as_json)
     summary.update(kind=kind, seed=seed, strength=strength, pairs_per_image=pairs_per_image)
-    _eval_output(
-        summary, fx, model_args["dift"], out, as_json, f"{kind} benchmark (seed {seed})", "photo"
-    )
+    title = f"{kind} benchmark (seed {seed})"
+    _eval_output(summary, fx, predict, model_args["dift"], out, as_json, title, "photo")

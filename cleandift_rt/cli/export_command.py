@@ -19,7 +19,14 @@ from ..validation import (
     remove_empty,
     split_taps,
 )
-from .common import check_model_options, command_line, emit, export_api, log_line
+from .common import (
+    check_model_options,
+    command_line,
+    emit,
+    export_api,
+    fusion_options,
+    log_line,
+)
 
 TRITON = "triton"  # not an artifact format: a model repository around one (serving/triton_repo)
 
@@ -87,6 +94,7 @@ TRITON = "triton"  # not an artifact format: a model repository around one (serv
 )
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fusion_options
 def export_command(
     model,
     base,
@@ -109,6 +117,7 @@ def export_command(
     timing_cache,
     no_validate,
     as_json,
+    fusion,
 ):
     """Export a model's FeatureNet to ONNX, a TensorRT engine or an AOTInductor package, or
     write a Triton model repository (--format triton)."""
@@ -135,14 +144,26 @@ def export_command(
 
 
 def _side(p: dict) -> int:
+    from ..fusion import split_model_name
     from ..models.presets import PRESETS  # a plain table: no torch
 
-    return p["resolution"] or (PRESETS[p["model"]].resolution if p["model"] in PRESETS else 512)
+    model = split_model_name(p["model"])[0]
+    return p["resolution"] or (PRESETS[model].resolution if model in PRESETS else 512)
+
+
+def _fusion_args(p: dict) -> dict:
+    return {name: p[name] for name in ("fuse", "tap_weights", "fusion_alpha")}
 
 
 def _check_export_args(p: dict) -> None:
     """Every export argument checked before anything heavy is imported or a model loads."""
-    check_model_options(p["model"], p["base"], None, "square", p["device"], None, p["taps"])
+    fused = check_model_options(p["model"], p["base"], None, "square", p["device"], None,
+                                p["taps"], fusion=_fusion_args(p))  # fmt: skip
+    if fused is not None and fused.pca_dim is not None:
+        raise CleanDIFTError(
+            f"--fuse {p['fuse']} is applied after the graph: export with --fuse concat and "
+            f"match the artifact with --fuse {p['fuse']}"
+        )
     side = _side(p)
     check_input_size(p["height"] or side, p["width"] or side)
     if p["max_batch"] is not None and p["max_batch"] < p["batch"]:
@@ -158,14 +179,20 @@ def _check_export_args(p: dict) -> None:
 
 def _export(p: dict, log):
     """Run the export of the command's parameters ``p``; returns (artifact path, metadata)."""
+    from ..fusion import check_alpha, parse_weights
+
     exporter = export_api()  # lazily: the runtime never imports export
     side = _side(p)
+    taps = split_taps(p["taps"])
+    weights = parse_weights(p["tap_weights"], taps) if p["tap_weights"] is not None else None
+    alpha = check_alpha(p["fusion_alpha"]) if p["fusion_alpha"] is not None else None
     options = exporter.ExportOptions(
-        model=p["model"], base=p["base"], taps=split_taps(p["taps"]),
+        model=p["model"], base=p["base"], taps=taps,
         height=p["height"] or side, width=p["width"] or side, batch=p["batch"],
         max_batch=p["max_batch"], precision=p["precision"], format=p["fmt"], out=p["out"],
         device=p["device"], opset=p["opset"], workspace_gib=p["workspace"],
         opt_level=p["opt_level"], timing_cache=p["timing_cache"], validate=not p["no_validate"],
+        fuse=p["fuse"], tap_weights=weights, fusion_alpha=alpha,
     )  # fmt: skip
     return exporter.export_model(options, log=log)
 

@@ -81,7 +81,7 @@ def info(as_json: bool):
     from ..backends import registry
     from ..matching.triton_argmax import triton_available
     from ..models import PRESETS
-    from ..models.presets import MIRROR_NOTE
+    from ..models.presets import DINO_PRESETS, MIRROR_NOTE
 
     backends = {spec.name: spec.available() for spec in registry.BACKENDS}
     backends["aoti"] = backends["aoti"] and aoti_compiler() is not None  # compiles C++
@@ -93,6 +93,9 @@ def info(as_json: bool):
     ]  # fmt: skip
 
     models = {name: p.description for name, p in PRESETS.items()}
+    dino = {
+        name: repo or "random fixed-seed weights (tests)" for name, repo in DINO_PRESETS.items()
+    }
     payload = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -101,7 +104,12 @@ def info(as_json: bool):
         "backends": backends,
         "registry": registered,
         "models": models,
-        "notes": [MIRROR_NOTE, "--base DIR|HUB_ID replaces the base of every hub preset"],
+        "dino_models": dino,
+        "notes": [
+            MIRROR_NOTE,
+            "--base DIR|HUB_ID replaces the base of every hub preset",
+            "MODEL+DINOV2 (e.g. sd21+dinov2-b) fuses a model with a DINOv2 backbone",
+        ],
     }
     lines = [f"python {payload['python']} on {payload['platform']}"]
     lines += [f"  {k:24s} {v or '-'}" for k, v in versions.items()]
@@ -112,6 +120,7 @@ def info(as_json: bool):
         need = "" if s["available"] else f"  [pip install 'cleandift-rt[{s['extra']}]']"
         lines.append(f"  {s['name'] + also:28s} {s['description']}{need if s['extra'] else ''}")
     lines += ["models:"] + [f"  {k:24s} {v}" for k, v in models.items()]
+    lines += ["DINOv2 backbones (MODEL+DINOV2):"] + [f"  {k:24s} {v}" for k, v in dino.items()]
     lines += [f"note: {n}" for n in payload["notes"]]
     emit(payload, as_json, "\n".join(lines))
 
@@ -131,18 +140,22 @@ def info(as_json: bool):
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def extract(
-    images, model, base, resolution, policy, device, dtype, timestep, taps, out, batch_size,
-    as_json, **store_args,
+    images, model, base, resolution, policy, device, dtype, timestep, taps, fusion, out,
+    batch_size, as_json, **store_args,
 ):  # fmt: skip
     """Extract features of SOURCES (images, folders, globs, @list.txt, videos) into a feature
     store folder, or into one .safetensors file."""
-    check_model_options(model, base, resolution, policy, device, timestep, taps)
+    fused = check_model_options(
+        None if store_args["artifact"] else model, base, resolution, policy, device, timestep,
+        taps, fusion=fusion,
+    )  # fmt: skip
+    pca_dim = fused.pca_dim if fused is not None else None
     if is_store_path(out):
         import shlex
 
         model_args = dict(model=model, taps=taps, device=device, dtype=dtype,
                           resolution=resolution, policy=policy, base=base,
-                          timestep=timestep)  # fmt: skip
+                          timestep=timestep, **fusion)  # fmt: skip
         command = f"{command_line(click.get_current_context())} {shlex.join(images)}"
         payload, text = run_store_extract(
             images, out, model_args=model_args, store_args=store_args, batch_size=batch_size,
@@ -164,14 +177,24 @@ def extract(
 
     fx = build_extractor(
         model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
-        timestep=timestep, artifact=store_args["artifact"],
+        timestep=timestep, artifact=store_args["artifact"], **fusion,
     )  # fmt: skip
     feats = fx(list(images), batch_size=batch_size, progress=not as_json)
+    tensors = dict(feats.maps)
+    pca_dim = fx.pca_dim
+    if pca_dim is not None:  # reduced with a PCA of every image's fused cells, stored beside
+        from ..fusion import FUSED
+        from ..matching.pca import fit_pca
+
+        pca = fit_pca([feats[FUSED]], pca_dim)
+        tensors[FUSED] = pca.project(feats[FUSED]).contiguous()
+        tensors.update(pca.state_dict())
     meta = {
         "model": fx.model_name,
         "taps": json.dumps(
-            {t: {"stride": feats.strides[t], "shape": list(feats[t].shape)} for t in feats.maps}
+            {t: {"stride": feats.strides[t], "shape": list(tensors[t].shape)} for t in feats.maps}
         ),
+        "fusion": json.dumps(dict(fx.fusion, pca_dim=pca_dim) if fx.fusion else {}),
         "images": json.dumps([image_name(i) for i in images]),
         "transforms": json.dumps([t.to_dict() for t in feats.transforms]),
         "policy": policy,
@@ -180,7 +203,7 @@ def extract(
     }
     output_parent(out)
     try:
-        atomic_save(dict(feats.maps), out, meta)
+        atomic_save(tensors, out, meta)
     except OSError as exc:
         raise CleanDIFTError(f"cannot write '{out}': {exc.strerror or exc}") from None
     seconds = time.perf_counter() - start
@@ -189,6 +212,7 @@ def extract(
         "images": len(images),
         "model": fx.model_name,
         "taps": json.loads(meta["taps"]),
+        "fusion": json.loads(meta["fusion"]),
         "hub_files": fx.hub_files,
         "seconds": round(seconds, 3),
     }
@@ -231,6 +255,7 @@ def match(
     dtype,
     timestep,
     taps,
+    fusion,
     points,
     grid,
     refine,
@@ -241,7 +266,9 @@ def match(
     as_json,
 ):
     """Match points of SOURCE in TARGET (results in original pixel coordinates)."""
-    check_model_options(model, base, resolution, policy, device, timestep, taps, single_tap=True)
+    check_model_options(
+        model, base, resolution, policy, device, timestep, taps, single_tap=True, fusion=fusion
+    )
     refine_opts = refine_options(refine, refine_window, refine_temperature)
     if (points is None) == (grid is None):
         raise CleanDIFTError("give exactly one of --points 'x,y;x,y' and --grid N")
@@ -261,10 +288,12 @@ def match(
 
     fx = build_extractor(
         model, taps, base=base, resolution=resolution, policy=policy, device=device, dtype=dtype,
-        timestep=timestep,
+        timestep=timestep, **fusion,
     )  # fmt: skip
     result = fx.match(src, tgt, pts, flip_align=flip_align, **refine_opts)
     payload = {"source": source, "target": target, "model": fx.model_name, **result.to_dict()}
+    if fx.fusion:
+        payload["fusion"] = fx.fusion
     if out is not None:
         from ..viz import draw_correspondences, save_png
 
@@ -279,6 +308,9 @@ def match(
         lines[0] += f", refine {result.refine}"
     if result.flipped is not None:
         lines[0] += ", flipped target" if result.flipped else ", unflipped target"
+    if fx.fusion:
+        lines[0] += f" ({fx.fusion['channels']} channels"
+        lines[0] += f", PCA to {result.pca_dim})" if result.pca_dim else ")"
     digits = 0 if result.refine == "none" else 2
     lines += [
         f"  ({a:.1f}, {b:.1f}) -> ({c:.{digits}f}, {d:.{digits}f})  score {s:.3f}"

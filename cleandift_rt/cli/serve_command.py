@@ -45,8 +45,8 @@ from .common import model_options
 @click.option("--address", default=None, help="Join a running Ray cluster (e.g. auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print the service description as JSON.")
 @click.pass_context
-def serve(ctx, model, base, resolution, policy, device, dtype, timestep, taps, artifact, host,
-          port, replicas, gpus_per_replica, cpus_per_replica, max_batch, batch_wait_ms,
+def serve(ctx, model, base, resolution, policy, device, dtype, timestep, taps, fusion, artifact,
+          host, port, replicas, gpus_per_replica, cpus_per_replica, max_batch, batch_wait_ms,
           max_body_mb, address, as_json):  # fmt: skip
     """Serve extraction and matching over HTTP (POST /v1/match, /v1/extract; GET /v1/info,
     /v1/health, /v1/stats) on Ray Serve, until Ctrl-C."""
@@ -59,7 +59,8 @@ def serve(ctx, model, base, resolution, policy, device, dtype, timestep, taps, a
         policy=policy, device=device, dtype=dtype, timestep=timestep, host=host, port=port,
         replicas=replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_body_mb=max_body_mb,
-        address=address,
+        address=address, fuse=fusion["fuse"], tap_weights=fusion["tap_weights"],
+        fusion_alpha=fusion["fusion_alpha"],
     )  # fmt: skip
     config.check()  # before Ray starts or any model loads
     from ..serving.server import import_serve, start_server

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CleanDIFTError
+from ..tracking.defaults import TRACK_REFINE
 from ..validation import check_output_file
 from .common import (
     check_model_options,
@@ -54,7 +55,7 @@ from .common import (
     help="latest: keep only the newest frame (live); all: every frame (files); auto: by source.",
 )
 @click.option("--max-frames", type=click.IntRange(1), default=None)
-@refine_cli_options
+@refine_cli_options(default=TRACK_REFINE)
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Annotated .mp4.")
 @click.option("--tracks", default=None, type=click.Path(dir_okay=False), help="JSONL tracks.")
@@ -62,15 +63,19 @@ from .common import (
 @click.option("--trail", type=click.IntRange(0), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def track(
-    source, artifact, model, base, resolution, policy, device, dtype, timestep, taps, points,
-    points_file, grid, reference, mode, update_rate, min_score, no_mutual, radius, buffer,
+    source, artifact, model, base, resolution, policy, device, dtype, timestep, taps, fusion,
+    points, points_file, grid, reference, mode, update_rate, min_score, no_mutual, radius, buffer,
     max_frames, refine, refine_window, refine_temperature, warmup, out, tracks, show, trail,
     as_json,
 ):  # fmt: skip
     """Track points through a camera, video, image folder or URL stream."""
-    check_model_options(
-        None if artifact else model, base, resolution, policy, device, timestep, taps, True
-    )
+    fused = check_model_options(
+        None if artifact else model, base, resolution, policy, device, timestep, taps, True,
+        fusion,
+    )  # fmt: skip
+    if (fused is not None and fused.pca_dim is not None) or "pca" in str(fusion["fuse"]):
+        raise CleanDIFTError("track fuses with --fuse concat: a pca:D fitted per pair does not "
+                             "keep descriptors comparable across frames")  # fmt: skip
     refine_opts = refine_options(refine, refine_window, refine_temperature)
     if artifact is not None and not Path(artifact).is_file():
         raise CleanDIFTError(f"--artifact '{artifact}' is not a file")
@@ -107,7 +112,7 @@ def track(
 
         fx = build_extractor(
             model, taps, artifact=artifact, base=base, resolution=resolution, policy=policy,
-            device=device, dtype=dtype, timestep=timestep,
+            device=device, dtype=dtype, timestep=timestep, **fusion,
         )  # fmt: skip
         tracker = Tracker(
             fx, pts, grid=grid, reference=reference, tap=tap_to_use(fx, taps), mode=mode,

@@ -21,13 +21,14 @@ from ..demo import demo_image
 from ..errors import CleanDIFTError
 from ..geometry import apply_homography, grid_points
 from ..imaging import check_image_size, load_image
-from .pck import PCKTally, end_point_errors
+from .pck import PCKTally, end_point_errors, prediction
 
 KINDS = ("homography", "affine", "identity")
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
-#: predict(source, target, points, source_key=..., target_key=...) → (N, 2) target points
+#: predict(source, target, points, source_key=..., target_key=...) → (N, 2) target points, or a
+#: MatchResult (``ExtractorPredictor.match``: its flip alignment is then counted)
 Predictor = Callable[..., np.ndarray]
 
 
@@ -130,12 +131,15 @@ def evaluate_homography(
 ) -> dict:
     """PCK@α (α × the target's longer side) and mean end-point error of ``predict``.
 
-    Returns PCKTally.summary() with one group per photo (metrics ``img@α``).
+    Returns PCKTally.summary() with one group per photo (metrics ``img@α``; ``flipped_pairs``
+    when ``predict`` returns MatchResults with flip alignment).
     """
     tally = PCKTally(alphas)
     for pair in tqdm(pairs, desc="homography", unit="pair", disable=not progress):
         photo = pair.name.split("#")[0]
-        predicted = predict(pair.source, pair.target, pair.source_points, source_key=photo)
+        predicted, flipped = prediction(
+            predict(pair.source, pair.target, pair.source_points, source_key=photo)
+        )
         errors = end_point_errors(predicted, pair.target_points)
-        tally.add(photo, errors, {"img": float(max(pair.target.shape[:2]))})
+        tally.add(photo, errors, {"img": float(max(pair.target.shape[:2]))}, flipped)
     return tally.summary()

@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 
 from ..errors import CleanDIFTError, one_line
 from ..imaging import load_image
-from .pck import PCKTally, end_point_errors
+from .pck import PCKTally, end_point_errors, prediction
 
 SPLITS = {"trn": "trn", "train": "trn", "val": "val", "test": "test"}
 DIFT_PROMPT = "a photo of a {category}"  # DIFT's eval_spair.py, per image
 DIFT_RESIZE = "bicubic-pil"  # DIFT resizes with PIL's Image.resize (bicubic)
 
-#: predict(source, target, points, source_key=..., target_key=...) → (N, 2) target points
+#: predict(source, target, points, source_key=..., target_key=...) → (N, 2) target points, or a
+#: MatchResult (``ExtractorPredictor.match``: its flip alignment is then counted)
 SPairPredictor = Callable[..., np.ndarray]
 
 
@@ -185,7 +186,8 @@ def evaluate_spair(
     ``prompt_template`` (e.g. ``DIFT_PROMPT``): each pair's images are conditioned on it with
     the pair's category filled in (passed to ``predict`` as ``prompt=``); None: the
     predictor's own fixed prompt. Returns PCKTally.summary() (groups = categories; metrics
-    ``bbox@α`` and ``img@α``, fractions in [0, 1]) plus ``split`` and ``prompt_template``.
+    ``bbox@α`` and ``img@α``, fractions in [0, 1]; ``flipped_pairs`` when ``predict`` returns
+    MatchResults with flip alignment) plus ``split`` and ``prompt_template``.
     """
     if prompt_template is not None:
         prompt_for(prompt_template, "category")  # a bad template fails before any work
@@ -206,11 +208,16 @@ def evaluate_spair(
         extra = {}
         if prompt_template is not None:
             extra["prompt"] = prompt_for(prompt_template, pair.category)
-        predicted = predict(
-            source, target, pair.source_points, source_key=keys[0], target_key=keys[1], **extra
-        )
+        predicted, flipped = prediction(
+            predict(
+                source, target, pair.source_points, source_key=keys[0], target_key=keys[1],
+                **extra,
+            )
+        )  # fmt: skip
+        # In the target's own pixels, also when flip alignment matched against its mirror.
         errors = end_point_errors(predicted, pair.target_points)
-        tally.add(pair.category, errors, {"bbox": pair.bbox_scale, "img": pair.image_scale})
+        scales = {"bbox": pair.bbox_scale, "img": pair.image_scale}
+        tally.add(pair.category, errors, scales, flipped)
     summary = tally.summary()
     summary["split"] = SPLITS[split]
     summary["prompt_template"] = prompt_template

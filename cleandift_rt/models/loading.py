@@ -14,10 +14,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..errors import ModelError, one_line
+from ..fusion import Fusion, make_fusion, split_model_name
 from .bundled import bundled_path
 from .checkpoint import read_student_file
 from .dift import DIFT_ENSEMBLE, DIFT_TIMESTEP, DIFTExtractor
+from .dino import LoadedDino
 from .featurenet import FeatureNet, build_feature_net
+from .fusion_layers import DinoBranch
 from .hub import (
     PIPELINE_PATTERNS,
     WEIGHT_PATTERNS,
@@ -40,7 +43,8 @@ class LoadedModel:
     context: prompt embedding (1, L, D) float32; timestep: U-Net timestep for clean features;
     resolution: native square input size (px); sources: files the weights came from;
     hub_files: {repo, file, commit} of every hub file used (commit: the resolved 40-hex sha);
-    prompt_encoder: prompt → context (1, L, D) float32, None for models without a text encoder.
+    prompt_encoder: prompt → context (1, L, D) float32, None for models without a text encoder;
+    dino: the DINOv2 backbone of an ``<sd>+<dinov2>`` model (SD + DINOv2 fusion), else None.
     """
 
     name: str
@@ -54,6 +58,7 @@ class LoadedModel:
     sources: list[str] = field(default_factory=list)
     hub_files: list[dict[str, str]] = field(default_factory=list)
     prompt_encoder: Callable[[str], torch.Tensor] | None = None
+    dino: LoadedDino | None = None
 
     def embed(self, prompt: str) -> torch.Tensor:
         """Context (1, L, D) float32 of ``prompt`` from the model's text encoder (cached)."""
@@ -66,16 +71,34 @@ class LoadedModel:
         )
 
     def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
-        """Move the U-Net and VAE (in place); the context is cast when a net is built."""
-        for module in (self.unet, self.vae):  # nn.Module.to: skips diffusers' dtype warning
+        """Move the U-Net, VAE and DINOv2 backbone (in place); the context is cast when a net
+        is built."""
+        modules = [self.unet, self.vae] + ([self.dino.model] if self.dino else [])
+        for module in modules:  # nn.Module.to: skips diffusers' dtype warning
             torch.nn.Module.to(module, device=device, dtype=dtype)
         return self
 
-    def feature_net(self, taps: str | Sequence[str]) -> FeatureNet:
-        """The FeatureNet for ``taps`` in the model's device and dtype (modules shared)."""
+    def feature_net(self, taps: str | Sequence[str], fusion: Fusion | None = None) -> FeatureNet:
+        """The FeatureNet for ``taps`` in the model's device and dtype (modules shared).
+
+        ``fusion``: fuse the taps (and, for an ``<sd>+<dinov2>`` model, the DINOv2 map) into
+        one output ``fused``; an SD + DINOv2 model without one fuses with the defaults
+        (α = 0.5). Raises ModelError for fusion options that do not fit the model."""
         param = next(self.unet.parameters())
         context = self.context.to(param.device, param.dtype)
-        return build_feature_net(self.vae, self.unet, context, self.timestep, taps).eval()
+        names = tuple(t.strip() for t in taps.split(",")) if isinstance(taps, str) else tuple(taps)
+        if fusion is None and self.dino is not None:
+            fusion = make_fusion(names, dino=self.dino.name)
+        dino = None
+        if fusion is not None and fusion.dino is not None:
+            if self.dino is None:
+                raise ModelError(f"fusion with DINOv2 '{fusion.dino}' but {self.name} has no "
+                                 "DINOv2 branch: name it as <sd>+<dinov2>")  # fmt: skip
+            dino = DinoBranch(self.dino.model, self.dino.name).to(param.device, param.dtype)
+        elif self.dino is not None:
+            raise ModelError(f"{self.name} has a DINOv2 branch: its fusion must name it")
+        net = build_feature_net(self.vae, self.unet, context, self.timestep, names, fusion, dino)
+        return net.eval()
 
     def dift(
         self,
@@ -85,6 +108,8 @@ class LoadedModel:
         **kwargs,
     ) -> DIFTExtractor:
         """The DIFT baseline extractor (noisy ensemble) over this model's U-Net."""
+        if self.dino is not None:
+            raise ModelError(f"the DIFT baseline has no DINOv2 fusion: drop the +{self.dino.name}")
         return DIFTExtractor.from_feature_net(
             self.feature_net(taps), t=t, ensemble=ensemble, **kwargs
         ).eval()
@@ -103,7 +128,9 @@ def load_model(
     """Load ``model``: a preset name (``sd21``, ``sd15``, ``sd21-base``, ``sd15-base``,
     ``toy``, ``toy-base``, ``tiny``), ``random:sd21`` / ``random:sd15`` (full architecture,
     random weights, for benchmarks), a local diffusers SD folder, a hub id, or a CleanDIFT
-    ``.safetensors`` file (``*_unet``, a full student checkpoint, or CompVis' ``*_full``).
+    ``.safetensors`` file (``*_unet``, a full student checkpoint, or CompVis' ``*_full``);
+    any of these followed by ``+<dinov2>`` (``sd21+dinov2-b``: a DINOv2 preset, folder or hub
+    id, see ``models.dino``) adds a DINOv2 backbone for SD + DINOv2 fusion.
 
     ``base`` replaces the base pipeline (VAE, configs, text encoder) of every hub preset with
     a local diffusers folder or a hub id, and names the base of a ``.safetensors`` file that
@@ -115,9 +142,23 @@ def load_model(
 
     timestep = check_timestep(timestep)
     check_base(base)  # a name no loader takes is refused before anything loads
-    loaded = _load(str(model), base, prompt, unet_weights=True)
+    sd, dino = split_model_name(str(model))
+    backbone = None
+    if dino is not None:  # first: a DINOv2 the hub cannot give fails before SD loads
+        from ..validation import check_dino_name
+        from .dino import load_dino
+
+        check_dino_name(dino)
+        backbone = load_dino(dino)
+    loaded = _load(sd, base, prompt, unet_weights=True)
     if timestep is not None:
         loaded.timestep = float(timestep)
+    if backbone is not None:
+        loaded.dino = backbone
+        loaded.name = f"{loaded.name}+{dino}"
+        loaded.description += f", fused with DINOv2 {dino}"
+        loaded.hub_files += loaded.dino.hub_files
+        loaded.sources += loaded.dino.sources
     return loaded
 
 

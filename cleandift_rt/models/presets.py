@@ -92,3 +92,13 @@ PRESETS: dict[str, Preset] = {
 
 # U-Net cross-attention width → base preset, to recognise a bare `*_unet.safetensors` file
 BASE_BY_CROSS_DIM = {1024: "sd21-base", 768: "sd15-base"}
+
+# DINOv2 backbones of `<sd>+<dinov2>` model names (models/dino.py): hub id, or None for the
+# offline `dinov2-tiny` (fixed-seed random weights, tests and plumbing only)
+DINO_PRESETS: dict[str, str | None] = {
+    "dinov2-s": "facebook/dinov2-small",
+    "dinov2-b": "facebook/dinov2-base",
+    "dinov2-l": "facebook/dinov2-large",
+    "dinov2-g": "facebook/dinov2-giant",
+    "dinov2-tiny": None,
+}

@@ -35,6 +35,9 @@ class ServeConfig:
     device: str = "auto"
     dtype: str | None = None
     timestep: float | None = None
+    fuse: str | None = None  # fusion (cleandift_rt.fusion): concat or pca:D
+    tap_weights: str | None = None
+    fusion_alpha: str | float | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     replicas: int = 1
@@ -72,6 +75,9 @@ class ServeConfig:
             "policy": self.policy,
             "base": self.base,
             "timestep": self.timestep,
+            "fuse": self.fuse,
+            "tap_weights": self.tap_weights,
+            "fusion_alpha": self.fusion_alpha,
         }
 
     def check(self, check_port: bool = True) -> None:
@@ -96,6 +102,7 @@ class ServeConfig:
                                  f"{self.resolution}")  # fmt: skip
         if not self.extractor_args()["taps"]:
             raise CleanDIFTError("--taps is empty")
+        self.check_fusion()
         if self.gpus_per_replica > 0 and self.address is None:
             import torch
 
@@ -108,6 +115,15 @@ class ServeConfig:
         if check_port and self.address is None:
             check_port_free(self.host, self.port)
 
+    def check_fusion(self) -> None:
+        """Fusion options that fit the model and taps (``fusion.fusion_for``)."""
+        from ..fusion import fusion_for
+        from ..validation import split_taps
+
+        model = None if self.artifact is not None else self.model
+        fusion_for(model, split_taps(self.taps), fuse=self.fuse, tap_weights=self.tap_weights,
+                   fusion_alpha=self.fusion_alpha)  # fmt: skip
+
     def check_model(self) -> None:
         """The model or artifact exists (weights are loaded only by the replicas)."""
         if self.artifact is not None:
@@ -115,11 +131,16 @@ class ServeConfig:
 
             read_sidecar(self.artifact)  # ArtifactError: missing, no sidecar, bad sidecar
             return
+        from ..fusion import split_model_name
         from ..models import PRESETS
         from ..models.hub import looks_like_repo_id
         from ..models.loading import RANDOM_PREFIX
 
-        name = self.model
+        name, dino = split_model_name(self.model)
+        if dino is not None:
+            from ..validation import check_dino_name
+
+            check_dino_name(dino)
         if name in PRESETS or name.startswith(RANDOM_PREFIX):
             return
         path = Path(name).expanduser()

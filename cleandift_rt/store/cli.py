@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..errors import CleanDIFTError
+from ..fusion import parse_fuse
 
 STORAGE_CHOICES = ("fp16", "bf16", "fp32")  # layout.STORAGE_DTYPES (not imported: it needs torch)
 
@@ -112,6 +113,11 @@ def run_store_extract(
         fx = build_extractor(**model_args, artifact=a["artifact"])
         summary = extract_local(fx, items, out, options)
     payload = summary.to_dict()
+    pca_dim = parse_fuse(model_args.get("fuse"))[1]
+    if pca_dim is not None:  # fitted on every stored fused map, written beside the shards
+        from .pca import write_store_pca
+
+        payload["pca"] = {"dim": pca_dim, "file": str(write_store_pca(out, pca_dim))}
     store = payload["store"]
     text = (
         f"wrote {summary.out}: {summary.images} image(s) in {summary.shards} shard(s), "
@@ -122,4 +128,6 @@ def run_store_extract(
         text += f"; {summary.already} already in the store"
     text += f"\n  store: {store['images']} image(s), {store['skipped']} skipped, "
     text += f"{store['shards']} shard(s)"
+    if pca_dim is not None:
+        text += f"\n  PCA to {pca_dim} channels: {payload['pca']['file']}"
     return payload, text

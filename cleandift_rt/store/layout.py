@@ -34,7 +34,8 @@ INDEX_FILE = "index.jsonl"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
 STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # what must agree for a store to be resumed or extended (others — command, engine — may differ)
-MATCHING_KEYS = ("model", "weights_sha256", "taps", "input_size", "policy", "storage", "compute")
+MATCHING_KEYS = ("model", "weights_sha256", "taps", "fusion", "input_size", "policy", "storage",
+                 "compute")  # fmt: skip
 
 
 class StoreError(CleanDIFTError):

@@ -147,6 +147,7 @@ def extractor_settings(fx, storage: str, command: str = "") -> dict[str, Any]:
     runner = fx.runner
     meta = getattr(runner, "meta", None)
     compute = meta.precision if meta is not None else DTYPE_NAMES.get(runner.dtype, "")
+    fusion = {"fusion": fx.fusion} if getattr(fx, "fusion", None) else {}
     return {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -160,6 +161,7 @@ def extractor_settings(fx, storage: str, command: str = "") -> dict[str, Any]:
             }
             for t in fx.taps
         },
+        **fusion,
         "input_size": [h, w],
         "policy": fx.policy,
         "storage": storage,

@@ -185,6 +185,14 @@ class FeatureStore:
             raise StoreError(f"tap '{tap}' is not in the store (have: {', '.join(self.taps)})")
         return StoreDataset(self, tap, dtype)
 
+    @property
+    def pca(self):
+        """The PCA fitted on the whole store (``extract --fuse pca:D``; a
+        ``matching.pca.PCA``: ``store.pca.project(image["fused"])`` → (D, h, w)), or None."""
+        from .pca import read_store_pca
+
+        return read_store_pca(self.root)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_handles"] = {}

@@ -28,6 +28,7 @@ from ..extractor import FeatureExtractor
 from ..imaging import load_image
 from ..matching import PixelGrid, cosine_argmax, cosine_argmax_window, sample_descriptors
 from ..matching.refine import DEFAULT_TEMPERATURE, DEFAULT_WINDOW, check_refine, refine_matches
+from .defaults import TRACK_REFINE
 from .sources import CaptureThread, Frame, FrameSource, open_source, resolve_buffer
 from .upload import FrameUploader, synchronize
 
@@ -126,7 +127,9 @@ class Tracker:
             feature stride).
         radius: search radius around the last position in frame pixels (None: whole frame).
         refine, refine_window, refine_temperature: sub-pixel refinement of each found position
-            (``"none"``, ``"softargmax"``, ``"quadratic"``; see ``matching.cosine_argmax``).
+            (``"none"``, ``"softargmax"``, ``"quadratic"``; see ``matching.cosine_argmax``);
+            ``"quadratic"`` by default: it lowered the jitter of tracks on a held-out photo in
+            every case measured (benchmarks/results/TRACKING.md).
         buffer: ``auto`` (latest for live sources, all for files), ``latest`` or ``all``.
         warmup: extractor runs before the first timed frame.
     """
@@ -145,7 +148,7 @@ class Tracker:
         mutual: bool = True,
         cycle_tolerance: float | None = None,
         radius: float | None = None,
-        refine: str = "none",
+        refine: str = TRACK_REFINE,
         refine_window: int = DEFAULT_WINDOW,
         refine_temperature: float = DEFAULT_TEMPERATURE,
         buffer: str = "auto",
