@@ -60,26 +60,27 @@ test-cpp: $(VENV)/.installed
 
 # Regenerate the bundled toy weights (cleandift_rt/models/toy/) from scratch on this machine:
 # gather the Debian photos (needs `apt-get update` once; no root install), pretrain the toy SD
-# (stage 1: from scratch on scikit-image's photos, the v1 recipe; stage 2: continued on the
-# Debian photos), install it as `toy-base`, distil `toy` from it, install the student.
+# from scratch on them and scikit-image's (VAE, then U-Net), install it as `toy-base`, distil
+# `toy` from it, install the student. One thread: bit-exact reruns on one machine (and the
+# fastest on a shared 2-core CPU); more threads change the last bits of the weights.
 TOY_RUN ?= runs/toy
+TOY_THREADS ?= 1
+TOY_ENV := OMP_NUM_THREADS=$(TOY_THREADS) MKL_NUM_THREADS=$(TOY_THREADS)
 TOY_SOURCES := python -m training.toy_sources --cache $(TOY_RUN) --out $(TOY_RUN)/sources
-TOY_STAGE1 := python -m training.pretrain_toy --out $(TOY_RUN)/stage1
 TOY_PRETRAIN := python -m training.pretrain_toy --out $(TOY_RUN)/pretrain \
-  --init $(TOY_RUN)/stage1/model --images $(TOY_RUN)/sources/train --vae-steps 0 \
-  --unet-steps 300 --unet-lr 2e-4 --warmup 20 --save-every 50
+  --images $(TOY_RUN)/sources/train --vae-steps 1500 --unet-steps 3000 --unet-crop 192 \
+  --unet-batch 12 --save-every 250
 TOY_DISTILL := python -m training.distill --teacher toy-base --data $(TOY_RUN)/photos \
-  --out $(TOY_RUN)/distill --steps 60 --batch-size 8 --lr 1e-4 --warmup 10 --workers 0 \
-  --save-every 25 --val-every 50
+  --out $(TOY_RUN)/distill --steps 400 --batch-size 8 --lr 1e-4 --warmup 40 --workers 0 \
+  --save-every 50 --val-every 100
 
 toy-weights: $(VENV)/.installed
 	$(VENV)/bin/$(TOY_SOURCES)
-	$(VENV)/bin/$(TOY_STAGE1)
-	$(VENV)/bin/$(TOY_PRETRAIN)
+	$(TOY_ENV) $(VENV)/bin/$(TOY_PRETRAIN)
 	$(PY) -m training.toy_release base --from $(TOY_RUN)/pretrain/model --command "$(TOY_PRETRAIN)"
 	$(PY) -m training.toy_photos $(TOY_RUN)/photos --crops 8 --size 256 \
 	  --images $(TOY_RUN)/sources/train
-	$(VENV)/bin/$(TOY_DISTILL)
+	$(TOY_ENV) $(VENV)/bin/$(TOY_DISTILL)
 	$(PY) -m training.toy_release student --command "$(TOY_DISTILL)" \
 	  --from $(TOY_RUN)/distill/cleandift_toy-base_unet.safetensors
 
