@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from cleandift_rt.bench import machine_info
+from cleandift_rt.bench import interleaved_medians, machine_info
 from cleandift_rt.evaluation import ExtractorPredictor
 from cleandift_rt.evaluation.homography import evaluate_homography, load_photos, make_pairs
 from cleandift_rt.files import write_json
@@ -57,19 +57,6 @@ def random_dino_base(folder: str) -> str:
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config()).save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable, run in turn ``repeats`` times after one warm-up each."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

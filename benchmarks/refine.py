@@ -18,13 +18,12 @@ import argparse
 import functools
 import json
 import sys
-import time
 
 import cv2
 import numpy as np
 import torch
 
-from cleandift_rt.bench import machine_info
+from cleandift_rt.bench import interleaved_medians, machine_info
 from cleandift_rt.evaluation.homography import load_photos
 from cleandift_rt.matching import cosine_argmax, sample_descriptors
 from cleandift_rt.matching.refine import DEFAULT_TEMPERATURE, DEFAULT_WINDOW, refine_matches
@@ -54,20 +53,6 @@ def interior_points(size: tuple[int, int], n: int, margin: int) -> np.ndarray:
     ys = np.linspace(margin, h - 1 - margin, n)
     gx, gy = np.meshgrid(xs, ys)
     return np.round(np.stack([gx.ravel(), gy.ravel()], axis=1))
-
-
-def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable, run in turn ``repeats`` times (one warm-up each), so
-    machine noise hits every variant alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

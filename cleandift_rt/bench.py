@@ -138,6 +138,20 @@ def time_runs(
     return times
 
 
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, run in turn ``repeats`` times after one warm-up each, so
+    machine noise hits every variant alike (CPU wall time: synchronise inside ``fn`` on a GPU)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(statistics.median(t)) for name, t in times.items()}
+
+
 def latency_stats(times_ms: list[float], batch: int) -> dict[str, float]:
     """median / p90 (ms per call), ms per image, images per second, number of runs."""
     median = statistics.median(times_ms)
