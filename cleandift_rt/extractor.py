@@ -414,8 +414,9 @@ class FeatureExtractor:
         """
         point_array(points)  # bad points answer before any extraction
         check_refine(refine, refine_window, refine_temperature)
-        opts = {"refine": refine, "refine_window": refine_window}
-        opts["refine_temperature"] = refine_temperature
+        opts = dict(
+            refine=refine, refine_window=refine_window, refine_temperature=refine_temperature
+        )
         if not flip_align:
             return self.match_features(self([source, target]), points, tap=tap, **opts)
         tgt = load_image(target)
@@ -465,8 +466,9 @@ class FeatureExtractor:
         """
         pts = point_array(points)
         tap = tap or self.taps[0]
-        opts = {"refine": refine, "refine_window": refine_window}
-        opts["refine_temperature"] = refine_temperature
+        opts = dict(
+            refine=refine, refine_window=refine_window, refine_temperature=refine_temperature
+        )
         plain = self._match_one(source, target, pts, tap, **opts)
         if flipped is None:
             return plain

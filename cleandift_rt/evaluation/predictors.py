@@ -106,14 +106,6 @@ class ExtractorPredictor:
             refine_temperature=self.refine_temperature,
         )  # fmt: skip
 
-    def __call__(
-        self,
-        source: np.ndarray,
-        target: np.ndarray,
-        points: np.ndarray,
-        source_key: str | None = None,
-        target_key: str | None = None,
-        prompt: str | None = None,
-    ) -> np.ndarray:
+    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         """``match(...).target_points``: (N, 2) float64 in the target's original pixels."""
-        return self.match(source, target, points, source_key, target_key, prompt).target_points
+        return self.match(*args, **kwargs).target_points
